@@ -1,0 +1,29 @@
+"""Instance-reweighted adversarial training for PyTorch: GAIRAT (geometry value κ) and MAIL
+(probabilistic margin) as a drop-in plugin.
+
+>>> import instance_reweight as ir
+>>> sorted(ir.schemes.SCHEMES)[:3]
+['gairat', 'gairat-linear', 'gairat-sigmoid']
+"""
+
+from . import losses, schemes
+from .attack import AttackOutput, GeometryAwareAttack
+from .loss import InstanceReweightedLoss, instance_reweighted_loss, instance_weights
+from .margin import ProbabilisticMargin, probabilistic_margin, probabilistic_margin_dif
+from .scheduler import BurnInScheduler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttackOutput",
+    "BurnInScheduler",
+    "GeometryAwareAttack",
+    "InstanceReweightedLoss",
+    "ProbabilisticMargin",
+    "instance_reweighted_loss",
+    "instance_weights",
+    "losses",
+    "probabilistic_margin",
+    "probabilistic_margin_dif",
+    "schemes",
+]
