@@ -74,7 +74,9 @@ def check_number(value: object, name: str, *, minimum: float, strict: bool = Fal
 
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"Expected `{name}` to be one of {', '.join(map(repr, choices))}, got {value!r}.")
+        raise ValueError(
+            f"Expected `{name}` to be one of {', '.join(map(repr, choices))}, got {value!r}."
+        )
     return value
 
 

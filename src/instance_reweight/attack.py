@@ -140,7 +140,9 @@ class GeometryAwareAttack:
         clip: Optional[Tuple[float, float]] = (0.0, 1.0),
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}.")
+            raise TypeError(
+                f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}."
+            )
         self.model = model
         self.eps = check_number(eps, "eps", minimum=0.0)
         self.step_size = check_number(step_size, "step_size", minimum=0.0, strict=True)
@@ -156,7 +158,9 @@ class GeometryAwareAttack:
         self.tau = _check_tau(tau)
         if clip is not None:
             if len(clip) != 2 or not float(clip[0]) < float(clip[1]):
-                raise ValueError(f"Expected `clip` as (low, high) with low < high, or None; got {clip!r}.")
+                raise ValueError(
+                    f"Expected `clip` as (low, high) with low < high, or None; got {clip!r}."
+                )
             clip = (float(clip[0]), float(clip[1]))
         self.clip = clip
 
@@ -171,14 +175,18 @@ class GeometryAwareAttack:
         x = self._check_input(x)
         y = check_labels(y, x.shape[0])
         if y.device != x.device:
-            raise ValueError(f"Expected `y` on {x.device} like `x`, got {y.device}; move it with `.to(x.device)`.")
+            raise ValueError(
+                f"Expected `y` on {x.device} like `x`, got {y.device}; move it with `.to(x.device)`."
+            )
         with torch.enable_grad(), frozen_for_attack(self.model):
             return self._run(x, y.long())
 
     def _check_input(self, x: object) -> Tensor:
         x = check_tensor(x, "x")
         if not x.is_floating_point() or x.dim() < 1:
-            raise TypeError(f"Expected `x` to be a floating-point tensor (N, *), got {x.dtype} of shape {tuple(x.shape)}.")
+            raise TypeError(
+                f"Expected `x` to be a floating-point tensor (N, *), got {x.dtype} of shape {tuple(x.shape)}."
+            )
         param = next(self.model.parameters(), None)
         if param is not None and param.device != x.device:
             raise ValueError(
@@ -261,7 +269,9 @@ class GeometryAwareAttack:
                 continue
             (grad,) = torch.autograd.grad(value, x_adv)
             x_adv = x_adv.detach()
-            stepped = self._clip(torch.min(torch.max(x_adv + self.step_size * grad.sign(), low), high))
+            stepped = self._clip(
+                torch.min(torch.max(x_adv + self.step_size * grad.sign(), low), high)
+            )
             x_adv = stepped if active is None else torch.where(_expand(active, x), stepped, x_adv)
         self._raise_if_invalid(labels_ok, finite, y, logits.shape[1])
         return AttackOutput(x_adv.detach(), kappa)
@@ -277,6 +287,7 @@ class GeometryAwareAttack:
                 "(diverged weights, or inputs on the wrong scale)."
             )
 
+
 def _expand(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
@@ -286,12 +297,16 @@ def _check_tau(tau: Union[int, Tensor, None]) -> Union[int, Tensor, None]:
         return None
     if isinstance(tau, Tensor):
         if tau.dtype.is_floating_point or tau.dim() != 1:
-            raise TypeError(f"Expected `tau` as an int or an integer tensor of shape (N,), got {tau.dtype} {tuple(tau.shape)}.")
+            raise TypeError(
+                f"Expected `tau` as an int or an integer tensor of shape (N,), got {tau.dtype} {tuple(tau.shape)}."
+            )
         if tau.numel() and bool((tau < 0).any()):
             raise ValueError(f"Expected `tau` >= 0, got a minimum of {int(tau.min())}.")
         return tau
     if isinstance(tau, bool) or not isinstance(tau, int) or tau < 0:
-        raise ValueError(f"Expected `tau` to be an int >= 0, an integer tensor (N,), or None; got {tau!r}.")
+        raise ValueError(
+            f"Expected `tau` to be an int >= 0, an integer tensor (N,), or None; got {tau!r}."
+        )
     return tau
 
 
@@ -300,6 +315,8 @@ def _budget(tau: Union[int, Tensor, None], n: int, device: torch.device) -> Opti
         return None
     if isinstance(tau, Tensor):
         if tau.shape != (n,):
-            raise ValueError(f"Expected a per-example `tau` of shape ({n},), got {tuple(tau.shape)}.")
+            raise ValueError(
+                f"Expected a per-example `tau` of shape ({n},), got {tuple(tau.shape)}."
+            )
         return tau.to(device=device, dtype=torch.long).clone()
     return torch.full((n,), tau, dtype=torch.long, device=device)

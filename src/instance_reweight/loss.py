@@ -16,7 +16,11 @@ _NORMALIZE = ("batch", "none")
 
 
 def _check_signal(
-    scheme: Scheme, params: Mapping[str, Any], kappa: Optional[Tensor], margin: Optional[Tensor], n: Optional[int]
+    scheme: Scheme,
+    params: Mapping[str, Any],
+    kappa: Optional[Tensor],
+    margin: Optional[Tensor],
+    n: Optional[int],
 ) -> Optional[Tensor]:
     """The signal the scheme reads, checked against it; ``n`` is the batch size when known."""
     if kappa is not None and margin is not None:
@@ -40,7 +44,9 @@ def _check_signal(
     signal = check_tensor(signal, name)
     if signal.dim() != 1 or (n is not None and signal.shape[0] != n):
         expected = f"({n},)" if n is not None else "(N,)"
-        raise ValueError(f"Expected `{name}` of shape {expected} (one value per example), got {tuple(signal.shape)}.")
+        raise ValueError(
+            f"Expected `{name}` of shape {expected} (one value per example), got {tuple(signal.shape)}."
+        )
     if kappa is not None:
         if kappa.is_floating_point() or kappa.is_complex() or kappa.dtype == torch.bool:
             raise TypeError(
@@ -72,14 +78,20 @@ def _normalise(raw: Tensor, normalize: str, scale: float) -> Tensor:
 class _Weighting:
     """The options of a weighting (scheme, its parameters, normalisation) and the weights they give."""
 
-    def __init__(self, scheme: SchemeLike, normalize: str, scale: float, params: Mapping[str, Any]) -> None:
+    def __init__(
+        self, scheme: SchemeLike, normalize: str, scale: float, params: Mapping[str, Any]
+    ) -> None:
         self.scheme = resolve_scheme(scheme)
         self.normalize = check_choice(normalize, "normalize", _NORMALIZE)
         self.scale = check_number(scale, "scale", minimum=0.0, strict=True)
         self.params = self.scheme.params(params)
 
     def weights(
-        self, kappa: Optional[Tensor], margin: Optional[Tensor], n: Optional[int], device: Optional[torch.device] = None
+        self,
+        kappa: Optional[Tensor],
+        margin: Optional[Tensor],
+        n: Optional[int],
+        device: Optional[torch.device] = None,
     ) -> Tensor:
         signal = _check_signal(self.scheme, self.params, kappa, margin, n)
         if signal is None:
@@ -116,7 +128,9 @@ def _weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
 
 def _check_losses(losses: object, n: Optional[int], source: str) -> Tensor:
     if not isinstance(losses, Tensor):
-        raise TypeError(f"Expected {source} to return a tensor of per-example losses, got {type(losses).__name__}.")
+        raise TypeError(
+            f"Expected {source} to return a tensor of per-example losses, got {type(losses).__name__}."
+        )
     if losses.dim() == 0:
         raise ValueError(
             f"Expected {source} to return one loss per example, shape (N,), got a scalar: it reduces over "
@@ -288,13 +302,13 @@ class InstanceReweightedLoss(nn.Module):
         """Change scheme parameters (e.g. ``lam`` by :class:`~instance_reweight.BurnInScheduler`), checked."""
         self._weighting.params = self._weighting.scheme.params({**self._weighting.params, **params})
 
-    def forward(self, *inputs: Any, kappa: Optional[Tensor] = None, margin: Optional[Tensor] = None) -> Tensor:
-        signal = kappa if kappa is not None else margin
+    def forward(
+        self, *inputs: Any, kappa: Optional[Tensor] = None, margin: Optional[Tensor] = None
+    ) -> Tensor:
         first = next((t for t in inputs if isinstance(t, Tensor) and t.dim() > 0), None)
-        n = signal.shape[0] if isinstance(signal, Tensor) else None
-        if n is None and first is not None:
-            n = first.shape[0]
-        losses = _check_losses(self.base_loss(*inputs), n, "`base_loss`")
+        losses = _check_losses(
+            self.base_loss(*inputs), None if first is None else first.shape[0], "`base_loss`"
+        )
         n = losses.shape[0]
         if self.active:
             weights = self._weighting.weights(kappa, margin, n, losses.device)

@@ -54,7 +54,9 @@ def probabilistic_margin(logits: Tensor, y: Tensor, *, space: str = "prob") -> T
 
 
 @torch.no_grad()
-def probabilistic_margin_dif(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, *, space: str = "prob") -> Tensor:
+def probabilistic_margin_dif(
+    logits_nat: Tensor, logits_adv: Tensor, y: Tensor, *, space: str = "prob"
+) -> Tensor:
     r"""PM\ :sub:`dif` (MAIL Eq. 7): how much the true class loses under attack.
 
     .. math::
@@ -86,7 +88,9 @@ def probabilistic_margin_dif(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, 
             f"Expected `logits_adv` of shape {tuple(logits_nat.shape)} like `logits_nat`, got {tuple(logits_adv.shape)}."
         )
     y = check_labels(y, logits_nat.shape[0]).long()[:, None]
-    return (_scores(logits_nat, space).gather(1, y) - _scores(logits_adv, space).gather(1, y)).squeeze(1)
+    return (
+        _scores(logits_nat, space).gather(1, y) - _scores(logits_adv, space).gather(1, y)
+    ).squeeze(1)
 
 
 class ProbabilisticMargin(nn.Module):

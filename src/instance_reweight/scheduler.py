@@ -51,11 +51,21 @@ class BurnInScheduler:
         [False, False, True, True]
     """
 
-    def __init__(self, criterion: InstanceReweightedLoss, *, burn_in_epochs: int, lam: Optional[Lam] = None) -> None:
+    def __init__(
+        self, criterion: InstanceReweightedLoss, *, burn_in_epochs: int, lam: Optional[Lam] = None
+    ) -> None:
         if not isinstance(criterion, InstanceReweightedLoss):
-            raise TypeError(f"Expected `criterion` to be an InstanceReweightedLoss, got {type(criterion).__name__}.")
-        if isinstance(burn_in_epochs, bool) or not isinstance(burn_in_epochs, int) or burn_in_epochs < 0:
-            raise ValueError(f"Expected `burn_in_epochs` to be an int >= 0, got {burn_in_epochs!r}.")
+            raise TypeError(
+                f"Expected `criterion` to be an InstanceReweightedLoss, got {type(criterion).__name__}."
+            )
+        if (
+            isinstance(burn_in_epochs, bool)
+            or not isinstance(burn_in_epochs, int)
+            or burn_in_epochs < 0
+        ):
+            raise ValueError(
+                f"Expected `burn_in_epochs` to be an int >= 0, got {burn_in_epochs!r}."
+            )
         if lam is not None and "lam" not in criterion.scheme_params:
             raise ValueError(
                 f"Expected a scheme with a λ parameter for `lam=` (the GAIRAT schemes), got scheme "

@@ -112,17 +112,28 @@ def _uniform(signal: Tensor) -> Tensor:
 
 def _steps(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected `steps` (K, the attack's number of steps) to be an int >= 1, got {value!r}.")
+        raise ValueError(
+            f"Expected `steps` (K, the attack's number of steps) to be an int >= 1, got {value!r}."
+        )
     return value
 
 
-def _real(name: str, *, allow_inf: bool = False, low: float = -math.inf, high: float = math.inf) -> Callable[[Any], float]:
+def _real(
+    name: str, *, allow_inf: bool = False, low: float = -math.inf, high: float = math.inf
+) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"Expected `{name}` to be a number, got {type(value).__name__}.")
         value = float(value)
-        if math.isnan(value) or value == -math.inf or (value == math.inf and not allow_inf) or not low <= value <= high:
-            bound = f"in [{low:g}, {high:g}]" if math.isfinite(low) or math.isfinite(high) else "finite"
+        if (
+            math.isnan(value)
+            or value == -math.inf
+            or (value == math.inf and not allow_inf)
+            or not low <= value <= high
+        ):
+            bound = (
+                f"in [{low:g}, {high:g}]" if math.isfinite(low) or math.isfinite(high) else "finite"
+            )
             extra = " (+inf allowed)" if allow_inf else ""
             raise ValueError(f"Expected `{name}` {bound}{extra}, got {value}.")
         return value
@@ -136,7 +147,7 @@ class Scheme:
 
     name: str
     signal: Optional[str]
-    """``"kappa"``, ``"margin"``, or ``None`` when the scheme reads whichever is given."""
+    """``"kappa"``, ``"margin"``, ``"any"`` (a callable: whichever is given) or ``None`` (reads none)."""
     fn: Callable[..., Tensor]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     checks: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
@@ -167,13 +178,18 @@ _MAIL = Scheme("mail", "margin", mail_sigmoid, {"slope": 10.0, "bias": -0.5}, _M
 SCHEMES: Mapping[str, Scheme] = {
     "gairat": _GAIRAT,
     "gairat-tanh": _GAIRAT,
-    "gairat-sigmoid": Scheme("gairat-sigmoid", "kappa", gairat_sigmoid, {"steps": 10, "lam": -1.0}, _KAPPA_CHECKS),
+    "gairat-sigmoid": Scheme(
+        "gairat-sigmoid", "kappa", gairat_sigmoid, {"steps": 10, "lam": -1.0}, _KAPPA_CHECKS
+    ),
     "gairat-linear": Scheme("gairat-linear", "kappa", gairat_linear, {"steps": 10}, _KAPPA_CHECKS),
     "mail": _MAIL,
     "mail-sigmoid": _MAIL,
     "hinge": Scheme("hinge", "margin", hinge, {"slope": 2.0, "bias": 0.0}, _MARGIN_CHECKS),
     "step": Scheme(
-        "step", "margin", step, {"alpha": 0.2, "bias": 0.0},
+        "step",
+        "margin",
+        step,
+        {"alpha": 0.2, "bias": 0.0},
         {"alpha": _real("alpha", low=0.0, high=1.0), "bias": _real("bias")},
     ),
     "uniform": Scheme("uniform", None, _uniform),
@@ -190,9 +206,13 @@ def resolve_scheme(scheme: SchemeLike) -> Scheme:
     """
     if isinstance(scheme, str):
         if scheme not in SCHEMES:
-            raise ValueError(f"Expected `scheme` to be one of {', '.join(map(repr, SCHEMES))} or a callable, got {scheme!r}.")
+            raise ValueError(
+                f"Expected `scheme` to be one of {', '.join(map(repr, SCHEMES))} or a callable, got {scheme!r}."
+            )
         return SCHEMES[scheme]
     if callable(scheme):
         name = getattr(scheme, "__name__", type(scheme).__name__)
-        return Scheme(name, None, lambda signal: torch.as_tensor(scheme(signal)).detach().float())
-    raise TypeError(f"Expected `scheme` to be a name or a callable signal -> weights, got {type(scheme).__name__}.")
+        return Scheme(name, "any", lambda signal: torch.as_tensor(scheme(signal)).detach().float())
+    raise TypeError(
+        f"Expected `scheme` to be a name or a callable signal -> weights, got {type(scheme).__name__}."
+    )
