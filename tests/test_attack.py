@@ -326,7 +326,7 @@ def test_attack_inside_no_grad_still_climbs(batch):
 
 
 def test_no_host_synchronisation_in_the_step_loop(monkeypatch, batch):
-    """The number of tensor → Python conversions does not grow with K."""
+    """One tensor → Python conversion per call (the deferred input check), whatever K."""
     model = _mlp()
     x, y = batch
     calls = {"n": 0}
@@ -343,7 +343,7 @@ def test_no_host_synchronisation_in_the_step_loop(monkeypatch, batch):
         calls["n"] = 0
         ir.GeometryAwareAttack(model, eps=0.1, step_size=0.02, steps=steps, tau=1)(x, y)
         counts.append(calls["n"])
-    assert counts[0] == counts[1] and counts[0] <= 4
+    assert counts == [1, 1]  # one synchronisation per call, after the loop
 
 
 def test_float64_and_bfloat16_models():

@@ -113,3 +113,19 @@ def test_bad_inputs():
         ir.probabilistic_margin_dif(logits, torch.randn(4, 5), y)
     with pytest.raises(TypeError, match="torch.Tensor"):
         ir.probabilistic_margin(logits.tolist(), y)
+
+
+def test_labels_out_of_range_and_non_finite_logits_raise():
+    logits, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"\[0, 2\].*got values in \[0, 3\]"):
+        ir.probabilistic_margin(logits, torch.tensor([0, 1, 3, 0]))
+    with pytest.raises(ValueError, match="finite logits.*diverged"):
+        ir.probabilistic_margin(torch.where(logits > 0, torch.inf, logits), y)
+    with pytest.raises(ValueError, match="finite logits"):
+        ir.probabilistic_margin_dif(logits, logits * torch.nan, y)
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        ir.probabilistic_margin_dif(logits, logits, torch.tensor([-1, 1, 2, 0]))
+
+
+def test_empty_batch():
+    assert ir.probabilistic_margin(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).shape == (0,)

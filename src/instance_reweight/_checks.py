@@ -53,6 +53,25 @@ def check_label_range(y: Tensor, num_classes: int, name: str = "y") -> None:
         )
 
 
+def labels_in_range(y: Tensor, num_classes: int) -> Tensor:
+    """A device flag: every label lies in ``[0, num_classes)``."""
+    return ((y >= 0) & (y < num_classes)).all()
+
+
+def raise_if_invalid(
+    labels_ok: Tensor, finite: Tensor, y: Tensor, num_classes: int, what: str
+) -> None:
+    """Report out-of-range labels or non-finite logits from two device flags, with one synchronisation."""
+    labels_fine, logits_fine = torch.stack([labels_ok, finite]).tolist()
+    if not labels_fine:
+        check_label_range(y, num_classes)
+    if not logits_fine:
+        raise ValueError(
+            f"Expected finite {what}, got NaN or Inf; check the model (diverged weights, or inputs on "
+            "the wrong scale)."
+        )
+
+
 def check_finite(t: Tensor, name: str) -> None:
     """One host synchronisation: call outside hot loops."""
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):

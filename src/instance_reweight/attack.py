@@ -13,11 +13,12 @@ from ._checks import (
     at_least_float32,
     check_choice,
     check_finite,
-    check_label_range,
     check_labels,
     check_logits,
     check_number,
     check_tensor,
+    labels_in_range,
+    raise_if_invalid,
 )
 from .losses import cw_margin, trades_kl
 
@@ -93,7 +94,8 @@ class GeometryAwareAttack:
     κ counts the model's own predictions.
 
     Args:
-        model: classifier returning logits ``(N, C)``.
+        model: classifier returning logits ``(N, C)``; a ``DistributedDataParallel`` model is
+            attacked through its ``.module`` (no gradient synchronisation during the attack).
         eps: ℓ∞ radius ε (``0`` gives κ of the natural point only).
         step_size: step α.
         steps: number of steps K (``0`` returns the start point and κ = 0).
@@ -143,7 +145,10 @@ class GeometryAwareAttack:
             raise TypeError(
                 f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}."
             )
-        self.model = model
+        # The attack needs no gradient synchronisation: run DDP's wrapped module directly.
+        self.model = (
+            model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        )
         self.eps = check_number(eps, "eps", minimum=0.0)
         self.step_size = check_number(step_size, "step_size", minimum=0.0, strict=True)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -155,7 +160,7 @@ class GeometryAwareAttack:
         if random_start is not None:
             check_choice(random_start, "random_start", _STARTS + ("None",))
         self.random_start = random_start
-        self.tau = _check_tau(tau)
+        self.tau = tau
         if clip is not None:
             if len(clip) != 2 or not float(clip[0]) < float(clip[1]):
                 raise ValueError(
@@ -163,6 +168,18 @@ class GeometryAwareAttack:
                 )
             clip = (float(clip[0]), float(clip[1]))
         self.clip = clip
+
+    @property
+    def tau(self) -> Union[int, Tensor, None]:
+        """FAT's early-stop budget: an int, a per-example integer tensor ``(N,)``, or ``None``.
+
+        Settable, e.g. per epoch for FAT's τ schedule; checked on assignment.
+        """
+        return self._tau
+
+    @tau.setter
+    def tau(self, value: Union[int, Tensor, None]) -> None:
+        self._tau = _check_tau(value)
 
     def __repr__(self) -> str:
         return (
@@ -193,16 +210,36 @@ class GeometryAwareAttack:
                 f"Expected the model and `x` on the same device, got model on {param.device} and "
                 f"x on {x.device}; call `model.to(x.device)` or move the data."
             )
-        check_finite(x, "x")
-        if self.clip is not None and x.numel():
-            low, high = self.clip
-            if bool(((x < low) | (x > high)).any()):
-                raise ValueError(
-                    f"Expected `x` inside clip=({low:g}, {high:g}), got values in "
-                    f"[{float(x.min()):.4g}, {float(x.max()):.4g}]; feed unnormalised inputs (put the "
-                    "normalisation inside the model) or pass `clip=None` for inputs that are not images."
-                )
         return x
+
+    def _report(
+        self, x: Tensor, y: Tensor, labels_ok: Tensor, finite: Tensor, num_classes: int
+    ) -> None:
+        """Raise for a bad input, label or logit, from device flags: the attack's one synchronisation.
+
+        Checking after the loop rather than before it keeps the host from waiting on the device
+        while the attack is being queued; a bad input only costs the wasted attack.
+        """
+        x_finite = torch.isfinite(x).all()
+        in_clip = (
+            torch.ones_like(x_finite)
+            if self.clip is None
+            else ((x >= self.clip[0]) & (x <= self.clip[1])).all()
+        )
+        x_fine, clip_fine, labels_fine, logits_fine = torch.stack(
+            [x_finite, in_clip, labels_ok, finite]
+        ).tolist()
+        if not x_fine:
+            check_finite(x, "x")
+        if not clip_fine:
+            low, high = self.clip  # type: ignore[misc]
+            raise ValueError(
+                f"Expected `x` inside clip=({low:g}, {high:g}), got values in "
+                f"[{float(x.min()):.4g}, {float(x.max()):.4g}]; feed unnormalised inputs (put the "
+                "normalisation inside the model) or pass `clip=None` for inputs that are not images."
+            )
+        if not (labels_fine and logits_fine):
+            raise_if_invalid(labels_ok, finite, y, num_classes, "logits during the attack")
 
     def _start(self, x: Tensor) -> Tensor:
         if self.random_start == "uniform":
@@ -238,21 +275,22 @@ class GeometryAwareAttack:
         n = x.shape[0]
         kappa = torch.zeros(n, dtype=torch.long, device=x.device)
         x_adv = self._start(x).detach()
+        # Inputs, labels and logits are checked on the device and reported once, after the loop: no
+        # host synchronisation per step. Clamped labels keep the objective defined until then.
+        finite = labels_ok = torch.ones((), dtype=torch.bool, device=x.device)
         if self.steps == 0:
+            self._report(x, y, labels_ok, finite, 0)
             return AttackOutput(x_adv, kappa)
         objective = self._objective(x)
         budget = _budget(self.tau, n, x.device)
         active = None if budget is None else torch.ones(n, dtype=torch.bool, device=x.device)
         low, high = x - self.eps, x + self.eps
-        # Labels and logits are checked on the device and reported once, after the loop: no host
-        # synchronisation per step. Clamped labels keep the objective defined until then.
-        finite = labels_ok = torch.ones((), dtype=torch.bool, device=x.device)
         y_safe = y
         for t in range(self.steps):
             x_adv.requires_grad_(True)
             logits = self._forward(x_adv, n)
             if t == 0:
-                labels_ok = ((y >= 0) & (y < logits.shape[1])).all()
+                labels_ok = labels_in_range(y, logits.shape[1])
                 y_safe = y.clamp(0, logits.shape[1] - 1)
             finite = finite & torch.isfinite(logits).all()
             correct = logits.argmax(dim=1) == y
@@ -273,19 +311,8 @@ class GeometryAwareAttack:
                 torch.min(torch.max(x_adv + self.step_size * grad.sign(), low), high)
             )
             x_adv = stepped if active is None else torch.where(_expand(active, x), stepped, x_adv)
-        self._raise_if_invalid(labels_ok, finite, y, logits.shape[1])
+        self._report(x, y, labels_ok, finite, logits.shape[1])
         return AttackOutput(x_adv.detach(), kappa)
-
-    @staticmethod
-    def _raise_if_invalid(labels_ok: Tensor, finite: Tensor, y: Tensor, num_classes: int) -> None:
-        labels_ok_, finite_ = torch.stack([labels_ok, finite]).tolist()  # the one synchronisation
-        if not labels_ok_:
-            check_label_range(y, num_classes)
-        if not finite_:
-            raise ValueError(
-                "Expected finite logits during the attack, got NaN or Inf; check the model "
-                "(diverged weights, or inputs on the wrong scale)."
-            )
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:

@@ -8,11 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_choice, check_number, check_tensor
+from .distributed import all_reduce_sum, world_size
 from .schemes import Scheme, SchemeLike, resolve_scheme
 
 __all__ = ["InstanceReweightedLoss", "instance_reweighted_loss", "instance_weights"]
 
-_NORMALIZE = ("batch", "none")
+_NORMALIZE = ("batch", "global", "none")
 
 
 def _check_signal(
@@ -21,8 +22,9 @@ def _check_signal(
     kappa: Optional[Tensor],
     margin: Optional[Tensor],
     n: Optional[int],
+    device: Optional[torch.device] = None,
 ) -> Optional[Tensor]:
-    """The signal the scheme reads, checked against it; ``n`` is the batch size when known."""
+    """The signal the scheme reads, checked against it; ``n`` and ``device`` are the losses' when known."""
     if kappa is not None and margin is not None:
         raise ValueError(
             f"Expected one weighting signal for scheme {scheme.name!r}, got both `kappa` and `margin`."
@@ -47,6 +49,11 @@ def _check_signal(
         raise ValueError(
             f"Expected `{name}` of shape {expected} (one value per example), got {tuple(signal.shape)}."
         )
+    if device is not None and signal.device != device:
+        raise ValueError(
+            f"Expected `{name}` on {device} like the losses, got {signal.device}; "
+            f"move it with `{name}.to({str(device)!r})`."
+        )
     if kappa is not None:
         if kappa.is_floating_point() or kappa.is_complex() or kappa.dtype == torch.bool:
             raise TypeError(
@@ -60,19 +67,33 @@ def _check_signal(
                 f"Expected `kappa` in [0, {steps}] (steps={steps} of scheme {scheme.name!r}), got values in "
                 f"[{int(kappa.min())}, {int(kappa.max())}]; pass the attack's number of steps as `steps=`."
             )
-    elif not margin.is_floating_point():  # type: ignore[union-attr]
-        raise TypeError(f"Expected a floating-point `margin`, got dtype {signal.dtype}.")
+    else:
+        if not signal.is_floating_point():
+            raise TypeError(f"Expected a floating-point `margin`, got dtype {signal.dtype}.")
+        if not bool(torch.isfinite(signal).all()):  # one host synchronisation per call
+            raise ValueError(
+                "Expected finite `margin` values, got NaN or Inf; the logits they come from are not "
+                "finite (a diverged model, or inputs on the wrong scale)."
+            )
     return signal
 
 
 def _normalise(raw: Tensor, normalize: str, scale: float) -> Tensor:
-    """``scale·N·ω/Σω`` ("batch") or ``scale·ω`` ("none"); uniform where Σω is 0 or not finite."""
-    total = raw.sum()
+    """Raw weights ω to the weights w the loss averages (see :func:`instance_weights`).
+
+    Where Σω is 0 or not finite the same formulas run with ω = 1 (uniform weights), never NaN.
+    """
+    n = factor = raw.shape[0]
+    total = raw.sum(dtype=torch.float64)
+    count = torch.full_like(total, n)
+    if normalize == "global":
+        total, count = all_reduce_sum(total, count)
+        factor = world_size() * n  # DDP averages the W local losses: W·Σ_local ωℓ / Σ_global ω each
     fallback = ~torch.isfinite(total) | (total == 0)
-    if normalize == "batch":
-        raw = raw * (raw.shape[0] / total)
-    weights = torch.where(fallback, torch.ones_like(raw), raw)
-    return weights * scale if scale != 1.0 else weights
+    raw = torch.where(fallback, torch.ones_like(raw), raw)
+    if normalize != "none":
+        raw = (raw * (factor / torch.where(fallback, count, total))).float()
+    return raw * scale if scale != 1.0 else raw
 
 
 class _Weighting:
@@ -93,7 +114,7 @@ class _Weighting:
         n: Optional[int],
         device: Optional[torch.device] = None,
     ) -> Tensor:
-        signal = _check_signal(self.scheme, self.params, kappa, margin, n)
+        signal = _check_signal(self.scheme, self.params, kappa, margin, n, device)
         if signal is None:
             if self.scheme.signal is not None or n is None:
                 raise ValueError(
@@ -101,11 +122,6 @@ class _Weighting:
                     "(GAIRAT schemes) or `margin=` (MAIL schemes)."
                 )
             signal = torch.zeros(n, device=device)
-        elif device is not None and signal.device != device:
-            raise ValueError(
-                f"Expected the weighting signal on {device} like the losses, got {signal.device}; "
-                "move it with `.to(device)`."
-            )
         with torch.no_grad():
             raw = self.scheme(signal, self.params).float()
             if raw.shape != signal.shape:
@@ -157,19 +173,25 @@ def instance_weights(
     r"""Instance weights of a batch from its geometry values κ or probabilistic margins.
 
     .. math::
-        w_i = s\cdot\frac{N\,\omega_i}{\sum_j \omega_j} \quad(\text{"batch"}), \qquad
-        w_i = s\cdot\omega_i \quad(\text{"none"})
+        w_i = s\cdot\frac{N\,\omega_i}{\sum_j \omega_j} \ (\text{"batch"}), \quad
+        w_i = s\cdot\frac{W N\,\omega_i}{\sum_{j \in \mathrm{global}} \omega_j} \ (\text{"global"}), \quad
+        w_i = s\cdot\omega_i \ (\text{"none"})
 
-    with :math:`\omega_i` the scheme's raw weight (see :mod:`instance_reweight.schemes`) and
-    :math:`s` = ``scale``. If :math:`\sum_j \omega_j` is 0 or not finite the weights fall back to
-    uniform, so they are never NaN.
+    with :math:`\omega_i` the scheme's raw weight (see :mod:`instance_reweight.schemes`),
+    :math:`s` = ``scale``, :math:`N` the local batch size and :math:`W` the number of processes.
+    ``"global"`` sums ω over the whole global batch with one all-reduce, so that the gradient
+    DistributedDataParallel averages over the W processes is exactly the single-process gradient of
+    :math:`\sum \omega_i \ell_i / \sum \omega_j` on the concatenated batch (unequal local batch sizes
+    too); without an initialised process group it equals ``"batch"``. If the sum of ω is 0 or not
+    finite the weights fall back to uniform (the same formulas with ω = 1), so they are never NaN.
 
     Args:
         scheme: a name of :data:`~instance_reweight.schemes.SCHEMES` or a callable
             ``signal -> raw weights (N,)``.
         kappa: geometry values ``(N,)`` (integer) for the GAIRAT schemes.
         margin: probabilistic margins ``(N,)`` (float) for the MAIL schemes.
-        normalize: ``"batch"`` (mean weight 1, both papers' equations) or ``"none"``.
+        normalize: ``"batch"`` (mean weight 1, both papers' equations), ``"global"`` (the same over
+            the global batch under ``torch.distributed``) or ``"none"``.
         scale: multiplies every weight (the official MAIL code uses 3 with ``normalize="none"``).
         **scheme_params: the scheme's parameters (``steps``, ``lam``, ``slope``, ``bias``, ``alpha``).
 
@@ -238,7 +260,8 @@ class InstanceReweightedLoss(nn.Module):
             with ``reduction="none"``, a function, a lambda, :func:`instance_reweight.losses.trades_kl`.
         scheme: a name of :data:`~instance_reweight.schemes.SCHEMES` (``"gairat"``, ``"mail"``, …)
             or a callable ``signal -> raw weights (N,)``.
-        normalize: ``"batch"`` (both papers) or ``"none"`` (with ``scale``; official MAIL code).
+        normalize: ``"batch"`` (both papers), ``"global"`` (over the global batch under
+            DistributedDataParallel) or ``"none"`` (with ``scale``; official MAIL code).
         scale: multiplies every weight.
         **scheme_params: the scheme's parameters, e.g. ``steps=10, lam=-1.0`` for GAIRAT or
             ``slope=10.0, bias=-0.5`` for MAIL-AT.
@@ -313,7 +336,7 @@ class InstanceReweightedLoss(nn.Module):
         if self.active:
             weights = self._weighting.weights(kappa, margin, n, losses.device)
         else:
-            _check_signal(self.scheme, self._weighting.params, kappa, margin, n)
+            _check_signal(self.scheme, self._weighting.params, kappa, margin, n, losses.device)
             weights = torch.ones(n, dtype=torch.float32, device=losses.device)
         self.last_weights = weights
         return _weighted_mean(losses, weights)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_labels, check_logits
+from ._checks import check_choice, check_labels, check_logits, labels_in_range, raise_if_invalid
 
 __all__ = ["ProbabilisticMargin", "probabilistic_margin", "probabilistic_margin_dif"]
 
 _SPACES = ("prob", "logit")
 
 
-def _scores(logits: Tensor, space: str) -> Tensor:
+def _scores(logits: Tensor, y: Tensor, space: str) -> Tensor:
+    """Probabilities or logits in float32, after checking labels and logits (one synchronisation)."""
     z = logits.detach().float()
+    raise_if_invalid(
+        labels_in_range(y, z.shape[1]), torch.isfinite(z).all(), y, z.shape[1], "logits"
+    )
     return z.softmax(dim=1) if space == "prob" else z
 
 
@@ -37,7 +41,8 @@ def probabilistic_margin(logits: Tensor, y: Tensor, *, space: str = "prob") -> T
         ``(N,)`` float32, detached; in ``[-1, 1]`` for ``space="prob"``, positive iff correct.
 
     Raises:
-        ValueError: on shapes other than ``(N, C)``/``(N,)`` or an unknown ``space``.
+        ValueError: on shapes other than ``(N, C)``/``(N,)``, labels outside ``[0, C-1]``,
+            non-finite logits (checked with one host synchronisation) or an unknown ``space``.
         TypeError: on float labels.
 
     Example:
@@ -47,7 +52,7 @@ def probabilistic_margin(logits: Tensor, y: Tensor, *, space: str = "prob") -> T
     check_choice(space, "space", _SPACES)
     logits = check_logits(logits)
     y = check_labels(y, logits.shape[0]).long()
-    s = _scores(logits, space)
+    s = _scores(logits, y, space)
     true = s.gather(1, y[:, None]).squeeze(1)
     runner_up = s.scatter(1, y[:, None], float("-inf")).amax(dim=1)
     return true - runner_up
@@ -87,9 +92,10 @@ def probabilistic_margin_dif(
         raise ValueError(
             f"Expected `logits_adv` of shape {tuple(logits_nat.shape)} like `logits_nat`, got {tuple(logits_adv.shape)}."
         )
-    y = check_labels(y, logits_nat.shape[0]).long()[:, None]
+    y = check_labels(y, logits_nat.shape[0]).long()
     return (
-        _scores(logits_nat, space).gather(1, y) - _scores(logits_adv, space).gather(1, y)
+        _scores(logits_nat, y, space).gather(1, y[:, None])
+        - _scores(logits_adv, y, space).gather(1, y[:, None])
     ).squeeze(1)
 
 
