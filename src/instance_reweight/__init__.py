@@ -6,10 +6,11 @@
 ['gairat', 'gairat-linear', 'gairat-sigmoid']
 """
 
-from . import losses, schemes
+from . import losses, methods, sampler, schemes
 from .attack import AttackOutput, GeometryAwareAttack
 from .loss import InstanceReweightedLoss, instance_reweighted_loss, instance_weights
 from .margin import ProbabilisticMargin, probabilistic_margin, probabilistic_margin_dif
+from .sampler import IndexedDataset, InstanceReweightedSampler
 from .scheduler import BurnInScheduler
 
 __version__ = "0.1.0"
@@ -18,12 +19,16 @@ __all__ = [
     "AttackOutput",
     "BurnInScheduler",
     "GeometryAwareAttack",
+    "IndexedDataset",
     "InstanceReweightedLoss",
+    "InstanceReweightedSampler",
     "ProbabilisticMargin",
     "instance_reweighted_loss",
     "instance_weights",
     "losses",
+    "methods",
     "probabilistic_margin",
     "probabilistic_margin_dif",
+    "sampler",
     "schemes",
 ]
