@@ -42,7 +42,9 @@ def _data():
 def _step(model, attack_model, x, y, case, normalize):
     """One reweighted step; returns κ and the loss (its gradient lands in model's parameters)."""
     scheme, params, signal = CASES[case]
-    attack = ir.GeometryAwareAttack(attack_model, eps=0.2, step_size=0.08, steps=4, random_start=None)
+    attack = ir.GeometryAwareAttack(
+        attack_model, eps=0.2, step_size=0.08, steps=4, random_start=None
+    )
     x_adv, kappa = attack(x, y)
     criterion = ir.InstanceReweightedLoss(
         nn.CrossEntropyLoss(reduction="none"), scheme, normalize=normalize, **params
@@ -102,10 +104,21 @@ def test_local_batch_normalisation_is_not_exact(ranks):
     for rank in range(2):
         model = _model()
         start = sum(SPLIT[:rank])
-        _step(model, model, x[start : start + SPLIT[rank]], y[start : start + SPLIT[rank]], "mail", "batch")
+        _step(
+            model,
+            model,
+            x[start : start + SPLIT[rank]],
+            y[start : start + SPLIT[rank]],
+            "mail",
+            "batch",
+        )
         grads.append([p.grad for p in model.parameters()])
     averaged = [(a + b) / 2 for a, b in zip(*grads)]
-    assert not all(torch.allclose(a, g) for a, g in zip(averaged, ranks[0]["mail"]["grads"]))
+    gap = max(
+        ((a - g).abs().max() / g.abs().max()).item()
+        for a, g in zip(averaged, ranks[0]["mail"]["grads"])
+    )
+    assert gap > 0.05  # 0.114 on this data, against 1e-7 for normalize="global"
 
 
 def test_global_without_process_group_equals_batch():
@@ -115,6 +128,6 @@ def test_global_without_process_group_equals_batch():
         ir.instance_weights("gairat", kappa=kappa, normalize="batch", steps=4),
     )
     losses = F.cross_entropy(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), reduction="none")
-    assert ir.instance_reweighted_loss(losses, "gairat", kappa=kappa, normalize="global", steps=4) == (
-        ir.instance_reweighted_loss(losses, "gairat", kappa=kappa, steps=4)
-    )
+    assert ir.instance_reweighted_loss(
+        losses, "gairat", kappa=kappa, normalize="global", steps=4
+    ) == (ir.instance_reweighted_loss(losses, "gairat", kappa=kappa, steps=4))

@@ -6,7 +6,7 @@
 ['gairat', 'gairat-linear', 'gairat-sigmoid']
 """
 
-from . import losses, methods, sampler, schemes
+from . import evaluation, losses, methods, sampler, schemes
 from .attack import AttackOutput, GeometryAwareAttack
 from .loss import InstanceReweightedLoss, instance_reweighted_loss, instance_weights
 from .margin import ProbabilisticMargin, probabilistic_margin, probabilistic_margin_dif
@@ -23,6 +23,7 @@ __all__ = [
     "InstanceReweightedLoss",
     "InstanceReweightedSampler",
     "ProbabilisticMargin",
+    "evaluation",
     "instance_reweighted_loss",
     "instance_weights",
     "losses",

@@ -25,6 +25,8 @@ from .losses import cw_margin, trades_kl
 __all__ = ["AttackOutput", "GeometryAwareAttack", "frozen_for_attack"]
 
 AttackLoss = Union[str, Callable[[Tensor, Tensor], Tensor]]
+Objective = Callable[[Tensor, Tensor], Tensor]
+Step = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 _LOSSES = ("ce", "kl", "cw")
 _STARTS = ("uniform", "normal")
@@ -202,7 +204,8 @@ class GeometryAwareAttack:
         x = check_tensor(x, "x")
         if not x.is_floating_point() or x.dim() < 1:
             raise TypeError(
-                f"Expected `x` to be a floating-point tensor (N, *), got {x.dtype} of shape {tuple(x.shape)}."
+                f"Expected `x` to be a floating-point tensor (N, *), got {x.dtype} of shape {tuple(x.shape)}; "
+                "convert uint8 images with `x.float() / 255`."
             )
         param = next(self.model.parameters(), None)
         if param is not None and param.device != x.device:
@@ -251,7 +254,7 @@ class GeometryAwareAttack:
     def _clip(self, x: Tensor) -> Tensor:
         return x if self.clip is None else x.clamp(*self.clip)
 
-    def _objective(self, x: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    def _objective(self, x: Tensor) -> Objective:
         if callable(self.loss):
             return self.loss
         if self.loss == "ce":
@@ -271,6 +274,15 @@ class GeometryAwareAttack:
             )
         return check_logits(logits, n, name="model output")
 
+    def _stepper(self, x: Tensor, objective: Objective) -> Step:
+        """The update ``(t, x⁽ᵗ⁾, ∇ℓ, y) -> x⁽ᵗ⁺¹⁾`` of one attack call: a signed-gradient step, then
+        the projection onto the ε-ball and ``clip``. Subclasses change the step rule here only."""
+        ball = (x - self.eps, x + self.eps)
+        return lambda t, x_adv, grad, y: self._project(x_adv + self.step_size * grad.sign(), ball)
+
+    def _project(self, x_adv: Tensor, ball: Tuple[Tensor, Tensor]) -> Tensor:
+        return self._clip(torch.min(torch.max(x_adv, ball[0]), ball[1]))
+
     def _run(self, x: Tensor, y: Tensor) -> AttackOutput:
         n = x.shape[0]
         kappa = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -282,9 +294,9 @@ class GeometryAwareAttack:
             self._report(x, y, labels_ok, finite, 0)
             return AttackOutput(x_adv, kappa)
         objective = self._objective(x)
+        step = self._stepper(x, objective)
         budget = _budget(self.tau, n, x.device)
         active = None if budget is None else torch.ones(n, dtype=torch.bool, device=x.device)
-        low, high = x - self.eps, x + self.eps
         y_safe = y
         for t in range(self.steps):
             x_adv.requires_grad_(True)
@@ -302,14 +314,12 @@ class GeometryAwareAttack:
                 budget -= (active & ~correct & (budget > 0)).long()
                 active &= ~stop
             value = objective(logits, y_safe).sum()
-            if not value.requires_grad:  # the output does not depend on the input: nothing to climb
-                x_adv = x_adv.detach()
-                continue
-            (grad,) = torch.autograd.grad(value, x_adv)
-            x_adv = x_adv.detach()
-            stepped = self._clip(
-                torch.min(torch.max(x_adv + self.step_size * grad.sign(), low), high)
+            # A model whose output does not depend on the input gives nothing to climb: zero gradient.
+            grad = (
+                torch.autograd.grad(value, x_adv)[0] if value.requires_grad else torch.zeros_like(x)
             )
+            x_adv = x_adv.detach()
+            stepped = step(t, x_adv, grad, y_safe)
             x_adv = stepped if active is None else torch.where(_expand(active, x), stepped, x_adv)
         self._report(x, y, labels_ok, finite, logits.shape[1])
         return AttackOutput(x_adv.detach(), kappa)

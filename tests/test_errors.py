@@ -1,0 +1,267 @@
+"""The bad-input catalogue: every row raises the documented exception with the message in docs/errors.md.
+
+`python tests/test_errors.py > docs/errors.md` regenerates the page from these cases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Type
+
+import pytest
+import torch
+from torch import nn
+
+import instance_reweight as ir
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+def _attack(model: Optional[nn.Module] = None, **kwargs) -> ir.GeometryAwareAttack:
+    torch.manual_seed(0)
+    options = {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10, **kwargs}
+    return ir.GeometryAwareAttack(model if model is not None else nn.Linear(4, 3), **options)
+
+
+def _x() -> torch.Tensor:
+    return torch.full((2, 4), 0.5)
+
+
+def _y() -> torch.Tensor:
+    return torch.tensor([0, 2])
+
+
+def _ce() -> nn.Module:
+    return nn.CrossEntropyLoss(reduction="none")
+
+
+def _gairat(**kwargs) -> ir.InstanceReweightedLoss:
+    return ir.InstanceReweightedLoss(_ce(), "gairat", steps=10, **kwargs)
+
+
+class _Scores(nn.Module):
+    """A model that returns something other than an (N, C) tensor."""
+
+    def __init__(self, output: Callable[[torch.Tensor], object]) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.output = output
+
+    def forward(self, x):
+        return self.output(self.linear(x))
+
+
+Case = Tuple[str, str, Type[Exception], Callable[[], object]]
+
+CASES: List[Case] = [
+    (
+        "Inputs",
+        "NaN or Inf in `x`",
+        ValueError,
+        lambda: _attack()(torch.tensor([[0.5, float("nan"), 0.5, 0.5]]), _y()[:1]),
+    ),
+    ("Inputs", "`x` outside `clip`", ValueError, lambda: _attack()(_x() * 255, _y())),
+    ("Inputs", "`x` of an integer dtype", TypeError, lambda: _attack()((_x() * 255).long(), _y())),
+    ("Inputs", "labels out of range", ValueError, lambda: _attack()(_x(), torch.tensor([0, 3]))),
+    ("Inputs", "labels of the wrong shape", ValueError, lambda: _attack()(_x(), _y()[:, None])),
+    ("Inputs", "labels of a float dtype", TypeError, lambda: _attack()(_x(), _y().float())),
+    (
+        "Inputs",
+        "labels out of range (margin)",
+        ValueError,
+        lambda: ir.probabilistic_margin(torch.zeros(2, 3), torch.tensor([0, 5])),
+    ),
+    (
+        "Model",
+        "NaN or Inf in the logits (attack)",
+        ValueError,
+        lambda: _attack(_Scores(lambda z: z * float("inf")))(_x(), _y()),
+    ),
+    (
+        "Model",
+        "NaN or Inf in the logits (margin)",
+        ValueError,
+        lambda: ir.probabilistic_margin(torch.full((2, 3), float("nan")), _y()),
+    ),
+    (
+        "Model",
+        "an output that is not a tensor",
+        TypeError,
+        lambda: _attack(_Scores(lambda z: (z, z)))(_x(), _y()),
+    ),
+    (
+        "Model",
+        "an output that is not (N, C)",
+        ValueError,
+        lambda: _attack(_Scores(lambda z: z.sum(1)))(_x(), _y()),
+    ),
+    (
+        "Model",
+        "a model on another device than `x`",
+        ValueError,
+        lambda: _attack(nn.Linear(4, 3).to("meta"))(_x(), _y()),
+    ),
+    ("Attack options", "`eps` < 0", ValueError, lambda: _attack(eps=-0.1)),
+    ("Attack options", "`step_size` <= 0", ValueError, lambda: _attack(step_size=0.0)),
+    (
+        "Attack options",
+        "`steps` < 0",
+        ValueError,
+        lambda: ir.GeometryAwareAttack(nn.Linear(4, 3), eps=0.1, step_size=0.1, steps=-1),
+    ),
+    ("Attack options", "`tau` < 0", ValueError, lambda: _attack(tau=-1)),
+    ("Attack options", "an unknown attack loss", ValueError, lambda: _attack(loss="mse")),
+    (
+        "Loss",
+        "a torch loss that reduces",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(nn.CrossEntropyLoss(), "gairat"),
+    ),
+    (
+        "Loss",
+        "a base loss that returns a scalar",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(lambda z, y: _ce()(z, y).mean(), "gairat")(
+            torch.zeros(2, 3), _y(), kappa=_y()
+        ),
+    ),
+    (
+        "Loss",
+        "a base loss that returns (N, C)",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(lambda z, y: z, "gairat")(
+            torch.zeros(2, 3), _y(), kappa=_y()
+        ),
+    ),
+    (
+        "Loss",
+        "`kappa` above the scheme's `steps`",
+        ValueError,
+        lambda: _gairat()(torch.zeros(2, 3), _y(), kappa=torch.tensor([0, 20])),
+    ),
+    (
+        "Loss",
+        "`kappa` of the wrong shape",
+        ValueError,
+        lambda: _gairat()(torch.zeros(2, 3), _y(), kappa=torch.zeros(3, dtype=torch.long)),
+    ),
+    (
+        "Loss",
+        "`kappa` of a float dtype",
+        TypeError,
+        lambda: _gairat()(torch.zeros(2, 3), _y(), kappa=torch.zeros(2)),
+    ),
+    (
+        "Loss",
+        "`margin=` to a κ scheme",
+        ValueError,
+        lambda: _gairat()(torch.zeros(2, 3), _y(), margin=torch.zeros(2)),
+    ),
+    (
+        "Loss",
+        "`kappa=` to a margin scheme",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(_ce(), "mail")(torch.zeros(2, 3), _y(), kappa=_y()),
+    ),
+    ("Loss", "no signal while reweighting", ValueError, lambda: _gairat()(torch.zeros(2, 3), _y())),
+    (
+        "Loss",
+        "NaN in `margin`",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(_ce(), "mail")(
+            torch.zeros(2, 3), _y(), margin=torch.tensor([0.0, float("nan")])
+        ),
+    ),
+    (
+        "Loss",
+        "an unknown scheme",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(_ce(), "gairat-exp"),
+    ),
+    (
+        "Loss",
+        "an unknown scheme parameter",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(_ce(), "gairat", gamma=2.0),
+    ),
+    (
+        "Loss",
+        "an unknown normalisation",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(_ce(), "gairat", normalize="sum"),
+    ),
+    (
+        "Burn-in",
+        "`lam` for a scheme without λ",
+        ValueError,
+        lambda: ir.BurnInScheduler(
+            ir.InstanceReweightedLoss(_ce(), "mail"), burn_in_epochs=1, lam=0.0
+        ),
+    ),
+    (
+        "Burn-in",
+        "a λ schedule that gives NaN",
+        ValueError,
+        lambda: ir.BurnInScheduler(_gairat(), burn_in_epochs=0, lam=lambda e: float("nan")),
+    ),
+    ("Methods", "an unknown method", ValueError, lambda: ir.methods.get("pgd-at", nn.Linear(4, 3))),
+    (
+        "Methods",
+        "a hyper-parameter the method does not use",
+        ValueError,
+        lambda: ir.methods.get("trades", nn.Linear(4, 3), slope=2.0),
+    ),
+]
+
+
+@pytest.mark.parametrize("section, row, error, trigger", CASES, ids=[row for _, row, _, _ in CASES])
+def test_each_bad_input_raises_the_documented_message(section, row, error, trigger):
+    with pytest.raises(error) as info:
+        trigger()
+    message = str(info.value)
+    assert message.startswith("Expected"), message
+    assert f"> {error.__name__}: {message}" in DOC.read_text(), (
+        f"docs/errors.md is stale for {row!r}: regenerate it"
+    )
+
+
+def test_an_empty_batch_simply_works():
+    x_adv, kappa = _attack()(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert x_adv.shape == (0, 4) and kappa.shape == (0,)
+    loss = _gairat()(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), kappa=kappa)
+    assert loss.item() == 0.0
+    assert ir.probabilistic_margin(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).shape == (
+        0,
+    )
+
+
+def render() -> str:
+    lines = [
+        "# Errors: what each bad input raises",
+        "",
+        "Every message says what was expected, what came, and how to fix it. This page is generated from",
+        "`tests/test_errors.py` (`python tests/test_errors.py > docs/errors.md`), whose test checks that each",
+        "message below is exactly what a user gets.",
+        "",
+        "An empty batch is not an error: the attack returns empty outputs, the loss returns 0 (not NaN), and",
+        "the margins are empty.",
+        "",
+        "Checks that need values (NaN, ranges) cost one host synchronisation per call: the attack reports",
+        "them once, after its step loop; the margin and the loss check their inputs once per call.",
+    ]
+    section = None
+    for name, row, error, trigger in CASES:
+        if name != section:
+            lines += ["", f"## {name}"]
+            section = name
+        try:
+            trigger()
+        except error as raised:
+            lines += ["", f"**{row}**", "", f"> {error.__name__}: {raised}"]
+        else:
+            raise AssertionError(f"{row!r} did not raise")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
