@@ -3,6 +3,8 @@ the dtype rule they share."""
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 from torch import Tensor
 
@@ -89,6 +91,27 @@ def check_number(value: object, name: str, *, minimum: float, strict: bool = Fal
         bound = f"> {minimum}" if strict else f">= {minimum}"
         raise ValueError(f"Expected `{name}` {bound}, got {value}.")
     return value
+
+
+def check_int(value: object, name: str, minimum: int, hint: str = "") -> int:
+    """An int (not a bool) of at least ``minimum``; ``hint`` says what the number is."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Expected `{name}` to be an int >= {minimum}{hint}, got {value!r}.")
+    return value
+
+
+def check_clip(clip: object) -> Optional[Tuple[float, float]]:
+    """``(low, high)`` as floats with ``low < high``, or ``None`` for inputs that are not images."""
+    if clip is None:
+        return None
+    if (
+        not isinstance(clip, (tuple, list))
+        or len(clip) != 2
+        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
+        or not clip[0] < clip[1]
+    ):
+        raise ValueError(f"Expected `clip` as (low, high) with low < high, or None; got {clip!r}.")
+    return float(clip[0]), float(clip[1])
 
 
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:

@@ -19,6 +19,7 @@ from ._checks import (
     at_least_float32,
     check_choice,
     check_finite,
+    check_int,
     check_logits,
 )
 from .attack import AttackLoss, GeometryAwareAttack, Objective, Step, _expand
@@ -55,12 +56,6 @@ def robust_to_all(
             break
         mask[idx] = run(x[idx], y[idx])
     return mask
-
-
-def check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Expected `{name}` to be an int >= {minimum}, got {value!r}.")
-    return value
 
 
 def natural(model: nn.Module, *, eps: float, clip: Clip) -> Run:

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from ._checks import (
     at_least_float32,
     check_choice,
+    check_clip,
     check_finite,
+    check_int,
     check_labels,
     check_logits,
     check_number,
@@ -153,9 +155,7 @@ class GeometryAwareAttack:
         )
         self.eps = check_number(eps, "eps", minimum=0.0)
         self.step_size = check_number(step_size, "step_size", minimum=0.0, strict=True)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"Expected `steps` to be an int >= 0, got {steps!r}.")
-        self.steps = steps
+        self.steps = check_int(steps, "steps", 0)
         if not callable(loss):
             check_choice(loss, "loss", _LOSSES + ("<callable (logits_adv, y) -> loss>",))
         self.loss = loss
@@ -163,13 +163,7 @@ class GeometryAwareAttack:
             check_choice(random_start, "random_start", _STARTS + ("None",))
         self.random_start = random_start
         self.tau = tau
-        if clip is not None:
-            if len(clip) != 2 or not float(clip[0]) < float(clip[1]):
-                raise ValueError(
-                    f"Expected `clip` as (low, high) with low < high, or None; got {clip!r}."
-                )
-            clip = (float(clip[0]), float(clip[1]))
-        self.clip = clip
+        self.clip = check_clip(clip)
 
     @property
     def tau(self) -> Union[int, Tensor, None]:

@@ -37,7 +37,9 @@ from torch import Tensor, nn
 
 from ._checks import (
     check_choice,
+    check_clip,
     check_finite,
+    check_int,
     check_label_range,
     check_labels,
     check_number,
@@ -47,7 +49,6 @@ from ._eval_attacks import (
     Clip,
     LineSearchMomentumPGD,
     autoattack,
-    check_int,
     lm_pgd,
     logit_scaled_pgd,
     logits_of,
@@ -209,7 +210,7 @@ def robust_masks(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}.")
-    clip = _check_clip(clip)
+    clip = check_clip(clip)
     config = settings(
         attacks=attacks,
         eps=eps,
@@ -417,7 +418,7 @@ def settings(
         if protocol is None
         else PROTOCOLS[check_choice(protocol, "protocol", tuple(PROTOCOLS))]
     )
-    eps_ = _check_eps(preset.eps if eps is None else eps, _check_clip(clip))
+    eps_ = _check_eps(preset.eps if eps is None else eps, check_clip(clip))
     names = _check_names(preset.attacks if attacks is None else attacks)
     user = _check_mapping(options, "options", names)
     limits = {**preset.num_examples, **_num_examples(num_examples, names)}
@@ -436,20 +437,6 @@ def settings(
         "attacks": resolved,
         "num_examples": {name: limits.get(name) for name in names},
     }
-
-
-def _check_clip(clip: object) -> Clip:
-    """``(low, high)`` as floats, or ``None``."""
-    if clip is None:
-        return None
-    if (
-        not isinstance(clip, (tuple, list))
-        or len(clip) != 2
-        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
-        or not clip[0] < clip[1]
-    ):
-        raise ValueError(f"Expected `clip` as (low, high) with low < high, or None; got {clip!r}.")
-    return float(clip[0]), float(clip[1])
 
 
 def _check_eps(eps: object, clip: Clip) -> float:

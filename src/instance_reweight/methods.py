@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import at_least_float32, check_choice, check_number
+from ._checks import at_least_float32, check_choice, check_int, check_number
 from .attack import GeometryAwareAttack
 from .loss import InstanceReweightedLoss
 from .losses import boosted_ce, misclassification_aware_kl, trades_kl
@@ -327,8 +327,7 @@ class Method:
 
     def set_epoch(self, epoch: int) -> None:
         """Move the burn-in, λ and τ schedules to ``epoch`` (0-based); call at the start of every epoch."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"Expected `epoch` to be an int >= 0 (0-based), got {epoch!r}.")
+        check_int(epoch, "epoch", 0, " (0-based)")
         if self.burn_in is not None:
             self.burn_in.step(epoch)
         tau = self.params.get("tau")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from ._checks import check_tensor
+from ._checks import check_int, check_tensor
 from .loss import instance_weights
 from .schemes import SchemeLike, resolve_scheme
 
@@ -93,8 +93,7 @@ class InstanceReweightedSampler(Sampler[int]):
                 f"Expected a non-empty dataset (or a number of examples >= 1), got {size!r}."
             )
         num_samples = size if num_samples is None else num_samples
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"Expected `num_samples` to be an int >= 1, got {num_samples!r}.")
+        check_int(num_samples, "num_samples", 1)
         self.scheme = scheme
         self.scheme_params = resolve_scheme(scheme).params(scheme_params)
         self.num_samples = num_samples

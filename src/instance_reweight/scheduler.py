@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, Optional, Union
 
+from ._checks import check_int
 from .loss import InstanceReweightedLoss
 
 __all__ = ["BurnInScheduler"]
@@ -58,14 +59,7 @@ class BurnInScheduler:
             raise TypeError(
                 f"Expected `criterion` to be an InstanceReweightedLoss, got {type(criterion).__name__}."
             )
-        if (
-            isinstance(burn_in_epochs, bool)
-            or not isinstance(burn_in_epochs, int)
-            or burn_in_epochs < 0
-        ):
-            raise ValueError(
-                f"Expected `burn_in_epochs` to be an int >= 0, got {burn_in_epochs!r}."
-            )
+        check_int(burn_in_epochs, "burn_in_epochs", 0)
         if lam is not None and "lam" not in criterion.scheme_params:
             raise ValueError(
                 f"Expected a scheme with a λ parameter for `lam=` (the GAIRAT schemes), got scheme "
@@ -88,9 +82,7 @@ class BurnInScheduler:
         """Move to ``epoch`` (0-based), or to the next epoch when none is given."""
         if epoch is None:
             epoch = self.last_epoch + 1
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"Expected `epoch` to be an int >= 0 (0-based), got {epoch!r}.")
-        self.last_epoch = epoch
+        self.last_epoch = check_int(epoch, "epoch", 0, " (0-based)")
         self._apply()
 
     def _apply(self) -> None:

@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
+from ._checks import check_int
+
 __all__ = [
     "SCHEMES",
     "Scheme",
@@ -111,11 +113,7 @@ def _uniform(signal: Tensor) -> Tensor:
 
 
 def _steps(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Expected `steps` (K, the attack's number of steps) to be an int >= 1, got {value!r}."
-        )
-    return value
+    return check_int(value, "steps", 1, " (K, the attack's number of steps)")
 
 
 def _real(
