@@ -240,6 +240,45 @@ _LOADERS: dict[str, Callable[[PathLike, bool], Dataset]] = {
 }
 
 
+class DatasetInfo(NamedTuple):
+    """What a training script needs to know about a data set besides its pixels.
+
+    Attributes:
+        num_classes: number of classes (labels lie in ``0..num_classes - 1``).
+        in_channels: image channels.
+        augment: whether training uses random crop (4 pixels of padding) and horizontal flip: CIFAR
+            yes (both papers); SVHN and MNIST no (a flipped digit is another digit, or none).
+    """
+
+    num_classes: int
+    in_channels: int
+    augment: bool
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(10, 3, True),
+    "cifar100": DatasetInfo(100, 3, True),
+    "mnist": DatasetInfo(10, 1, False),
+    "svhn": DatasetInfo(10, 3, False),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Classes, channels and augmentation of a data set by name (see :data:`DATASETS`).
+
+    Raises:
+        ValueError: on an unknown name; the message lists the valid ones.
+
+    Example:
+        >>> dataset_info("cifar100").num_classes
+        100
+    """
+    key = name.lower()
+    if key not in DATASETS:
+        raise ValueError(f"Expected a data set name in {sorted(DATASETS)}, got {name!r}.")
+    return DATASETS[key]
+
+
 def load_dataset(name: str, root: PathLike, train: bool = True) -> Dataset:
     """Loads a data set by name: ``"cifar10"``, ``"cifar100"``, ``"svhn"`` or ``"mnist"``.
 
@@ -255,10 +294,8 @@ def load_dataset(name: str, root: PathLike, train: bool = True) -> Dataset:
         ValueError: on an unknown name; the message lists the valid ones.
         FileNotFoundError: if the expected files are not under ``root``.
     """
-    key = name.lower()
-    if key not in _LOADERS:
-        raise ValueError(f"Expected a data set name in {sorted(_LOADERS)}, got {name!r}.")
-    return _LOADERS[key](root, train)
+    dataset_info(name)
+    return _LOADERS[name.lower()](root, train)
 
 
 class CropFlipParams(NamedTuple):

@@ -279,7 +279,7 @@ class SmallCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-_MODELS: dict[str, Callable[[int, int], nn.Module]] = {
+MODELS: dict[str, Callable[[int, int], nn.Module]] = {
     "preact-resnet18": lambda c, i: PreActResNet18(c, in_channels=i),
     "resnet18": lambda c, i: ResNet18(c, in_channels=i),
     "smallcnn": lambda c, i: SmallCNN(c, in_channels=i),
@@ -308,6 +308,6 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
         torch.Size([2, 10])
     """
     key = name.lower()
-    if key not in _MODELS:
-        raise ValueError(f"Expected a model name in {sorted(_MODELS)}, got {name!r}.")
-    return _MODELS[key](num_classes, in_channels)
+    if key not in MODELS:
+        raise ValueError(f"Expected a model name in {sorted(MODELS)}, got {name!r}.")
+    return MODELS[key](num_classes, in_channels)

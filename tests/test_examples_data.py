@@ -19,6 +19,7 @@ from data import (  # noqa: E402
     DeviceLoader,
     RandomCropFlip,
     crop_flip,
+    dataset_info,
     load_cifar10,
     load_cifar100,
     load_dataset,
@@ -224,6 +225,15 @@ def test_mnist_missing(tmp_path):
 def test_unknown_dataset_lists_names(tmp_path):
     with pytest.raises(ValueError, match="cifar100.*mnist.*svhn"):
         load_dataset("imagenet", tmp_path)
+
+
+def test_dataset_info_classes_channels_and_augmentation():
+    assert dataset_info("CIFAR10") == (10, 3, True)
+    assert dataset_info("cifar100").num_classes == 100
+    assert dataset_info("mnist").in_channels == 1
+    assert not dataset_info("svhn").augment  # no flips for digits
+    with pytest.raises(ValueError, match="cifar10"):
+        dataset_info("imagenet")
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="../shared/data/mnist is absent")

@@ -128,4 +128,6 @@ def test_labels_out_of_range_and_non_finite_logits_raise():
 
 
 def test_empty_batch():
-    assert ir.probabilistic_margin(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).shape == (0,)
+    assert ir.probabilistic_margin(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).shape == (
+        0,
+    )

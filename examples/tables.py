@@ -1,0 +1,259 @@
+"""The papers' tables that ``reproduce.py`` reproduces: what to run, and the numbers printed in the papers.
+
+Numbers are test accuracy in percent, as ``(mean or median, std)`` over the papers' 5 runs, copied
+from MAIL (Wang et al., NeurIPS 2021) Tables 1-4 and GAIRAT (Zhang et al., ICLR 2021) Tables 1-2.
+A row without a method (AWP) is in the papers but not in ``ir.methods``: only its paper numbers show.
+
+Column names are the keys of the JSON that ``reproduce.py`` writes: ``nat``, ``pgd20``, ``pgd100``,
+``pgd+``, ``cw``, ``apgd`` (APGD-CE), ``aa`` (AutoAttack), ``pgd20-ls`` (logit-scaled PGD-20); GAIRAT's
+tables have ``best_*`` and ``last_*`` columns (best and last checkpoint).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+Number = Optional[Tuple[float, Optional[float]]]
+
+# evaluation attack name -> table column (the rest keep their names)
+COLUMN_OF_ATTACK = {"natural": "nat", "apgd-ce": "apgd"}
+ATTACK_OF_COLUMN = {v: k for k, v in COLUMN_OF_ATTACK.items()}
+COLUMN_TITLES = {
+    "nat": "NAT",
+    "pgd20": "PGD-20",
+    "pgd100": "PGD-100",
+    "pgd+": "PGD+",
+    "cw": "CW∞",
+    "apgd": "APGD-CE",
+    "aa": "AA",
+    "pgd20-ls": "PGD-20-LS",
+    "lm-pgd": "LM-PGD",
+}
+
+_MAIL_COLUMNS = ("nat", "pgd100", "apgd", "cw", "aa")
+_GAIRAT_COLUMNS = tuple(f"{c}_{k}" for c in ("best", "last") for k in ("nat", "pgd20", "pgd+"))
+
+
+def _rows(columns: Tuple[str, ...], **rows: Tuple[float, ...]) -> Dict[str, Dict[str, Number]]:
+    """``AT=(84.86, 0.17, 48.91, 0.14, ...)`` -> ``{"AT": {"nat": (84.86, 0.17), ...}}``."""
+    out = {}
+    for label, values in rows.items():
+        pairs = [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+        out[label.replace("_", "-")] = dict(zip(columns, pairs))
+    return out
+
+
+_MAIL_TABLE2 = _rows(
+    _MAIL_COLUMNS,
+    AT=(84.86, 0.17, 48.91, 0.14, 47.70, 0.06, 51.61, 0.15, 44.90, 0.53),
+    TRADES=(84.00, 0.23, 52.66, 0.16, 52.37, 0.24, 52.30, 0.06, 48.10, 0.26),
+    MART=(82.28, 0.14, 53.50, 0.46, 52.73, 0.57, 51.59, 0.16, 48.40, 0.14),
+    FAT=(87.97, 0.15, 46.78, 0.12, 46.68, 0.16, 49.92, 0.26, 43.90, 0.82),
+    AWP=(85.17, 0.40, 52.63, 0.17, 50.40, 0.26, 51.39, 0.18, 47.00, 0.25),
+    GAIRAT=(83.22, 0.06, 54.81, 0.15, 50.95, 0.49, 39.86, 0.08, 33.35, 0.57),
+    MAIL_AT=(84.52, 0.46, 55.25, 0.23, 53.20, 0.38, 48.88, 0.11, 44.22, 0.21),
+    MAIL_TRADES=(81.84, 0.18, 53.68, 0.14, 52.92, 0.62, 52.89, 0.31, 50.60, 0.22),
+)
+_MAIL_TABLE3 = _rows(
+    _MAIL_COLUMNS,
+    AT=(87.80, 0.13, 49.43, 0.29, 49.12, 0.26, 53.38, 0.05, 48.46, 0.46),
+    TRADES=(86.36, 0.52, 54.88, 0.39, 55.02, 0.27, 56.18, 0.16, 53.40, 0.37),
+    MART=(84.76, 0.34, 55.61, 0.51, 55.40, 0.37, 54.72, 0.20, 51.40, 0.05),
+    FAT=(89.70, 0.17, 48.79, 0.18, 48.72, 0.36, 52.39, 0.89, 47.48, 0.30),
+    AWP=(57.55, 0.23, 54.17, 0.10, 54.20, 0.16, 55.18, 0.30, 53.08, 0.17),  # NAT 57.55 (sic)
+    GAIRAT=(86.30, 0.61, 58.74, 0.46, 55.64, 0.36, 45.57, 0.18, 40.30, 0.16),
+    MAIL_AT=(84.83, 0.39, 58.86, 0.25, 55.82, 0.31, 51.26, 0.20, 47.10, 0.22),
+    MAIL_TRADES=(84.00, 0.15, 57.40, 0.96, 56.96, 0.19, 56.20, 0.30, 53.90, 0.22),
+)
+_MAIL_TABLE1 = _rows(
+    ("nat", "pgd100", "aa"),
+    AT_LPS=(82.26, 0.60, 54.14, 0.15, 36.32, 0.57),
+    AT_PM_nat=(82.50, 0.20, 55.00, 0.32, 44.25, 0.45),
+    AT_PM_adv=(83.15, 0.46, 55.25, 0.23, 44.10, 0.21),
+    MART_LPS=(84.45, 0.17, 53.16, 0.26, 46.00, 0.26),
+    MART_PM_nat=(83.75, 0.09, 53.63, 0.21, 46.70, 0.10),
+    MART_PM_adv=(84.12, 0.46, 53.65, 0.23, 47.20, 0.21),
+    TRADES_LPS=(78.52, 0.20, 51.67, 0.54, 44.40, 0.20),
+    TRADES_PM_nat=(82.71, 0.52, 52.37, 0.65, 49.52, 0.11),
+    TRADES_PM_adv=(80.49, 0.18, 53.67, 0.14, 50.60, 0.22),
+)
+_GAIRAT_TABLE1 = _rows(
+    _GAIRAT_COLUMNS,
+    AT=(86.92, 0.24, 51.96, 0.21, 51.28, 0.23, 86.62, 0.22, 46.73, 0.08, 46.08, 0.07),
+    FAT=(89.16, 0.15, 51.24, 0.14, 46.14, 0.19, 88.18, 0.19, 46.79, 0.34, 45.80, 0.16),
+    GAIRAT=(85.75, 0.23, 57.81, 0.54, 55.61, 0.61, 85.49, 0.25, 53.76, 0.49, 50.32, 0.48),
+    GAIR_FAT=(88.59, 0.12, 56.21, 0.52, 53.50, 0.60, 88.44, 0.10, 50.64, 0.56, 47.51, 0.51),
+)
+_GAIRAT_TABLE2 = _rows(
+    _GAIRAT_COLUMNS,
+    TRADES=(84.88, 0.35, 56.43, 0.24, 54.33, 0.38, 85.66, 0.33, 53.31, 0.25, 50.11, 0.25),
+    GAIR_TRADES=(86.99, 0.31, 63.32, 0.50, 56.77, 0.87, 86.86, 0.26, 60.65, 1.00, 52.70, 0.93),
+)
+# MAIL Table 4 gives means only.
+_MAIL_TABLE4 = {
+    data: {
+        label: {"nat": (values[0], None), "pgd100": (values[1], None), "aa": (values[2], None)}
+        for label, values in rows.items()
+    }
+    for data, rows in {
+        "svhn": {
+            "AT": (93.55, 54.76, 46.58),
+            "TRADES": (93.65, 55.12, 45.74),
+            "MART": (92.57, 55.45, 43.52),
+            "FAT": (93.68, 53.81, 41.68),
+            "AWP": (93.34, 57.62, 47.21),
+            "GAIRAT": (90.47, 64.67, 37.00),
+            "MAIL-AT": (93.68, 65.54, 41.12),
+            "MAIL-TRADES": (89.68, 58.40, 49.10),
+        },
+        "cifar100": {
+            "AT": (60.13, 28.69, 24.76),
+            "TRADES": (60.73, 29.83, 24.90),
+            "MART": (54.08, 29.94, 25.30),
+            "FAT": (66.74, 23.25, 20.88),
+            "AWP": (55.16, 30.14, 25.16),
+            "GAIRAT": (58.43, 25.74, 17.54),
+            "MAIL-AT": (60.74, 27.62, 22.44),
+            "MAIL-TRADES": (60.13, 30.28, 24.80),
+        },
+    }.items()
+}
+
+# label -> method of ir.methods (None: not available) for the MAIL comparison tables
+_MAIL_METHODS = {
+    "AT": "at",
+    "TRADES": "trades",
+    "MART": "mart",
+    "FAT": "fat",
+    "AWP": None,
+    "GAIRAT": "gairat",
+    "MAIL-AT": "mail-at",
+    "MAIL-TRADES": "mail-trades",
+}
+
+
+def _mail_spec(
+    name: str, title: str, preset: str, paper: Dict[str, Any], data: str
+) -> Dict[str, Any]:
+    rows = [
+        {
+            "label": label,
+            "method": _MAIL_METHODS[label],
+            # AT and GAIRAT coincide for the burn-in (uniform start, CE, uniform weights).
+            **({"prefix": "at"} if label in ("AT", "GAIRAT") else {}),
+        }
+        for label in paper
+    ]
+    return {
+        "name": name,
+        "title": title,
+        "source": "MAIL (Wang et al., NeurIPS 2021)",
+        "preset": preset,
+        "protocol": "mail",
+        "checkpoints": ["last"],
+        "columns": list(next(iter(paper.values()))),
+        "prefixes": {"at": {"method": "at", "epochs": 74}},
+        "train_args": [] if data == "cifar10" else ["--data", data],
+        "rows": rows,
+        "paper": paper,
+    }
+
+
+def _gairat_spec(
+    name: str, title: str, preset: str, paper: Dict[str, Any], methods: Dict[str, str], **extra: Any
+) -> Dict[str, Any]:
+    return {
+        "name": name,
+        "title": title,
+        "source": "GAIRAT (Zhang et al., ICLR 2021)",
+        "preset": preset,
+        "protocol": "gairat",
+        "checkpoints": ["best", "last"],
+        "columns": list(_GAIRAT_COLUMNS),
+        "rows": [
+            {"label": label, "method": methods[label][0], "prefix": methods[label][1]}
+            for label in paper
+        ],
+        "paper": paper,
+        **extra,
+    }
+
+
+SPECS: Dict[str, Dict[str, Any]] = {
+    spec["name"]: spec
+    for spec in (
+        _mail_spec(
+            "mail-table2",
+            "MAIL Table 2: CIFAR-10, ResNet-18",
+            "mail-resnet18",
+            _MAIL_TABLE2,
+            "cifar10",
+        ),
+        _mail_spec(
+            "mail-table3",
+            "MAIL Table 3: CIFAR-10, WRN-32-10",
+            "mail-wrn32",
+            _MAIL_TABLE3,
+            "cifar10",
+        ),
+        _mail_spec(
+            "mail-table4-svhn",
+            "MAIL Table 4: SVHN, ResNet-18",
+            "mail-resnet18",
+            _MAIL_TABLE4["svhn"],
+            "svhn",
+        ),
+        _mail_spec(
+            "mail-table4-cifar100",
+            "MAIL Table 4: CIFAR-100, ResNet-18",
+            "mail-resnet18",
+            _MAIL_TABLE4["cifar100"],
+            "cifar100",
+        ),
+        {
+            "name": "mail-table1",
+            "title": "MAIL Table 1: the weighting signal, LPS (κ) vs PM_nat vs PM_adv; CIFAR-10, ResNet-18",
+            "source": "MAIL (Wang et al., NeurIPS 2021)",
+            "preset": "mail-resnet18",
+            "protocol": "mail",
+            "checkpoints": ["last"],
+            "columns": ["nat", "pgd100", "aa"],
+            "rows": [
+                {"label": f"{base}-{signal}", "method": method, "args": args}
+                for base, methods in (
+                    ("AT", ("gairat", "mail-at")),
+                    ("MART", ("gair-mart", "mail-mart")),
+                    ("TRADES", ("gair-trades", "mail-trades")),
+                )
+                for signal, method, args in (
+                    ("LPS", methods[0], []),
+                    ("PM-nat", methods[1], ["--set", "margin=nat"]),
+                    ("PM-adv", methods[1], []),
+                )
+            ],
+            "paper": _MAIL_TABLE1,
+        },
+        _gairat_spec(
+            "gairat-table1",
+            "GAIRAT Table 1: CIFAR-10, WRN-32-10",
+            "gairat-wrn32",
+            _GAIRAT_TABLE1,
+            {
+                "AT": ("at", "at"),
+                "FAT": ("fat", "fat"),
+                "GAIRAT": ("gairat", "at"),
+                "GAIR-FAT": ("gair-fat", "fat"),
+            },
+            prefixes={"at": {"method": "at", "epochs": 60}, "fat": {"method": "fat", "epochs": 60}},
+        ),
+        _gairat_spec(
+            "gairat-table2",
+            "GAIRAT Table 2: CIFAR-10, WRN-34-10, TRADES vs GAIR-TRADES",
+            "gair-trades-wrn34",
+            _GAIRAT_TABLE2,
+            {"TRADES": ("trades", "trades"), "GAIR-TRADES": ("gair-trades", "trades")},
+            prefixes={"trades": {"method": "trades", "epochs": 75}},
+            eval_args=["--options", '{"pgd20": {"step_size": 0.003}}'],
+        ),
+    )
+}

@@ -1,0 +1,305 @@
+"""Adversarial training with any method of ``ir.methods`` on CIFAR-10/100, SVHN or MNIST.
+
+Examples::
+
+    # MAIL-AT on ResNet-18 as in MAIL Table 2 (prints the recipe and where it deviates)
+    python examples/train.py --preset mail-resnet18 --method mail-at --data-root data
+
+    # continue it after an interruption, bit-exact (the same command with --resume, or just this)
+    python examples/train.py --out runs/mail-resnet18-mail-at-s0 --resume
+
+    # one shared burn-in prefix, then several methods from it
+    python examples/train.py --preset mail-resnet18 --method at --stop-after 74 --out runs/prefix
+    python examples/train.py --preset mail-resnet18 --method gairat --init-from runs/prefix/checkpoint.pt
+
+    # several GPUs (global batch 128 split over them; exact global weights)
+    torchrun --nproc_per_node 4 examples/train.py --preset mail-wrn32 --method mail-at --normalize global
+
+See ``docs/examples.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import training
+from data import DATASETS
+from models import MODELS
+from presets import PRESETS, get_preset
+from training import Runtime, TrainConfig
+
+import instance_reweight as ir
+
+
+def parse_set(items: Sequence[str]) -> Dict[str, Any]:
+    """``["lam=-1", "clip=null", "random_start=normal"]`` -> ``{"lam": -1, "clip": None, ...}``.
+
+    Values are read as JSON when they parse (numbers, ``null``, ``true``, lists), else as strings.
+    """
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Expected --set KEY=VALUE (e.g. --set lam=-1), got {item!r}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def parse_lr_schedule(text: str) -> List[List[float]]:
+    """``"60:0.01,90:0.001"`` -> ``[[60, 0.01], [90, 0.001]]`` (0-based epoch: new learning rate)."""
+    if not text.strip():
+        return []
+    schedule = []
+    for part in text.split(","):
+        epoch, sep, lr = part.partition(":")
+        try:
+            schedule.append([int(epoch), float(lr)])
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(
+                f"Expected --lr-schedule as EPOCH:LR pairs separated by commas (e.g. 75:0.01,90:0.001), "
+                f"got {text!r}."
+            )
+    return schedule
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Presets: "
+        + ", ".join(PRESETS)
+        + " (--list-presets says what each follows). Docs: docs/examples.md.",
+    )
+    what = parser.add_argument_group("what to train (defaults: the preset's, else TrainConfig's)")
+    what.add_argument("--preset", help="a paper recipe; see --list-presets")
+    what.add_argument("--list-presets", action="store_true", help="describe the presets and exit")
+    what.add_argument("--method", help=f"one of {', '.join(ir.methods.names())}")
+    what.add_argument(
+        "--variant",
+        choices=("paper", "official"),
+        help="the papers' equations (default) or the official code's objective",
+    )
+    what.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a hyper-parameter of the method (repeatable), e.g. --set lam=-1 --set eps=0.031",
+    )
+    what.add_argument(
+        "--normalize",
+        choices=("batch", "global", "none"),
+        help="weight normalisation of reweighting methods; 'global' makes DDP runs equal single-GPU ones",
+    )
+    what.add_argument("--data", choices=sorted(DATASETS))
+    what.add_argument("--model", choices=sorted(MODELS))
+    what.add_argument("--epochs", type=int)
+    what.add_argument("--batch-size", type=int, help="global batch size")
+    what.add_argument("--lr", type=float, help="initial learning rate")
+    what.add_argument("--lr-schedule", help="EPOCH:LR,... (0-based epochs), e.g. 75:0.01,90:0.001")
+    what.add_argument("--momentum", type=float)
+    what.add_argument("--weight-decay", type=float)
+    what.add_argument("--seed", type=int)
+    what.add_argument(
+        "--fp32",
+        action="store_true",
+        help="the exact float32 path (no bf16 autocast, no TF32, no channels-last); always on a CPU",
+    )
+    what.add_argument(
+        "--monitor-size",
+        type=int,
+        help="training and test examples for the per-epoch natural/PGD-20 check (0: none; default 1000)",
+    )
+    what.add_argument(
+        "--best-window",
+        type=int,
+        nargs=2,
+        metavar=("FIRST", "LAST"),
+        help="0-based epochs among which best.pt is kept on the monitored test PGD accuracy",
+    )
+    how = parser.add_argument_group("how to run it")
+    how.add_argument(
+        "--data-root", default="data", help="folder holding the data set (default: data)"
+    )
+    how.add_argument(
+        "--out", type=Path, help="run folder (default: runs/<preset or model>-<method>-s<seed>)"
+    )
+    how.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
+    how.add_argument(
+        "--init-from", type=Path, help="branch: start from this checkpoint with --method"
+    )
+    how.add_argument(
+        "--stop-after", type=int, metavar="EPOCHS", help="stop once this many epochs are done"
+    )
+    how.add_argument(
+        "--max-minutes", type=float, help="stop before an epoch that would end after this"
+    )
+    how.add_argument("--device", help="e.g. cuda:1 or cpu (default: cuda if available, else cpu)")
+    how.add_argument("--compile", action="store_true", help="torch.compile the network")
+    how.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def describe_presets() -> str:
+    lines = []
+    for recipe in PRESETS.values():
+        lines.append(f"{recipe.name}: {recipe.model} on {recipe.data}, {recipe.epochs} epochs")
+        lines.append(f"  follows: {recipe.follows}")
+        lines.extend(f"  deviates: {d}" for d in recipe.deviations)
+    return "\n".join(lines)
+
+
+def given_settings(args: argparse.Namespace, method: Optional[str]) -> Dict[str, Any]:
+    """The settings the preset and the explicit options give (not TrainConfig's own defaults)."""
+    given: Dict[str, Any] = {}
+    recipe = get_preset(args.preset) if args.preset else None
+    if recipe is not None:
+        given.update(
+            preset=recipe.name,
+            data=recipe.data,
+            model=recipe.model,
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            lr_schedule=[list(p) for p in recipe.lr_schedule],
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            best_window=list(recipe.best_window) if recipe.best_window else None,
+        )
+    explicit = {
+        "method": args.method,
+        "variant": args.variant,
+        "data": args.data,
+        "model": args.model,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "lr_schedule": parse_lr_schedule(args.lr_schedule)
+        if args.lr_schedule is not None
+        else None,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "seed": args.seed,
+        "precision": "fp32" if args.fp32 else None,
+        "monitor_size": args.monitor_size,
+        "best_window": args.best_window,
+    }
+    given.update({k: v for k, v in explicit.items() if v is not None})
+    user = parse_set(args.set)
+    if args.normalize is not None:
+        user["normalize"] = args.normalize
+    if method is not None and (recipe is not None or user):
+        accepted = training.accepted_overrides(method, given.get("variant", "paper"))
+        given["overrides"] = {**(recipe.overrides_for(method, accepted) if recipe else {}), **user}
+    return given
+
+
+def resolve(args: argparse.Namespace, out: Optional[Path]) -> TrainConfig:
+    """The run's settings: the resumed run's, else TrainConfig defaults < preset < options."""
+    saved = training.saved_config(out) if args.resume and out is not None else None
+    if saved is not None:
+        return TrainConfig.from_dict(
+            {**saved, **given_settings(args, args.method or saved["method"])}
+        )
+    if args.method is None:
+        raise ValueError(
+            f"Expected --method (one of {', '.join(ir.methods.names())}), got none; only --resume "
+            "of an existing run may leave it out."
+        )
+    given = given_settings(args, args.method)
+    if "precision" not in given:
+        device = training.resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+        given["precision"] = "bf16" if device.type == "cuda" else "fp32"
+    return TrainConfig.from_dict(given)
+
+
+def default_out(args: argparse.Namespace) -> Optional[Path]:
+    if args.out is not None:
+        return args.out
+    if args.method is None:
+        return None
+    name = args.preset or f"{args.data or 'cifar10'}-{args.model or 'resnet18'}"
+    return Path("runs") / f"{name}-{args.method}-s{args.seed or 0}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Optional[training.RunResult]:
+    """Runs ``train.py`` with ``argv``; returns the :class:`training.RunResult` (None for listings)."""
+    args = build_parser().parse_args(argv)
+    if args.list_presets:
+        print(describe_presets())
+        return None
+    if args.resume and args.init_from is not None:
+        raise ValueError("Expected --resume or --init-from, got both: a run continues or branches.")
+    out = default_out(args)
+    if out is None:
+        raise ValueError("Expected --out (the run to resume) or --method, got neither.")
+    config = resolve(args, out)
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        print(describe_run(config, out, args))
+    return training.train(
+        config,
+        out,
+        Runtime(
+            data_root=args.data_root,
+            device=args.device,
+            channels_last=False if config.precision == "fp32" else None,
+            compile=args.compile,
+            progress=not args.no_progress,
+            max_minutes=args.max_minutes,
+        ),
+        resume=args.resume,
+        init_from=args.init_from,
+        stop_after=args.stop_after,
+        log_to=sys.stdout if main_process else None,
+    )
+
+
+_RECIPE_OPTIONS = (
+    "data",
+    "model",
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "momentum",
+    "weight_decay",
+)
+
+
+def describe_run(config: TrainConfig, out: Path, args: argparse.Namespace) -> str:
+    lines = [f"run folder: {out}"]
+    if config.preset:
+        recipe = get_preset(config.preset)
+        lines.append(f"preset {recipe.name} follows: {recipe.follows}")
+        lines.extend(f"  deviates: {d}" for d in recipe.deviations)
+        changed = {k: v for k, v in vars(args).items() if k in _RECIPE_OPTIONS and v is not None}
+        if changed or args.set:
+            lines.append(
+                f"  changed on the command line: {changed or ''} {' '.join(args.set)}".rstrip()
+            )
+    if args.init_from is not None:
+        lines.append(
+            f"branching from {args.init_from}: keeps its parameters, BatchNorm statistics, optimiser "
+            f"state, epoch (learning-rate position) and random streams; continues with {config.method}"
+        )
+    lines.append("settings: " + json.dumps(config.to_dict()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"train.py: error: {err}")
