@@ -11,9 +11,9 @@ Examples::
 
 A table spec (built in, see ``tables.py``, or a JSON file of the same shape) names the preset, the
 rows (label and method of ``ir.methods``), the evaluation protocol and the checkpoints to evaluate
-(``last``, and ``best`` for GAIRAT's tables). Rows whose burn-in is the same computation share one
-prefix run (``prefixes``; e.g. AT and GAIRAT: uniform start, CE, uniform weights) and branch from it
-with ``train.py --init-from``.
+(``last``, and ``best`` for GAIRAT's tables), and notes printed under the table. Rows may share one
+burn-in prefix run (``prefixes``; e.g. AT, GAIRAT and MAIL-AT off AT's 74 epochs) and branch from it
+with ``train.py --init-from``; each row's lineage is printed with the table.
 
 Everything lives under ``--out``::
 
@@ -350,6 +350,7 @@ class Reproduction:
             f"seed {', '.join(seeds) or '—'}, device {', '.join(devices) or '—'}; s/epoch is training time "
             "per epoch (the per-epoch monitor excluded).",
         ]
+        lines += [f"- {note}" for note in spec.get("notes", [])]
         for label, info in details.items():
             lineage = info["lineage"] or []
             if len(lineage) > 1:

@@ -338,6 +338,10 @@ def test_builtin_table_specs_are_consistent():
             assert set(spec["paper"][row["label"]]) <= set(spec["columns"])
     assert SPECS["mail-table2"]["paper"]["GAIRAT"]["aa"] == (33.35, 0.57)
     assert SPECS["gairat-table1"]["paper"]["GAIRAT"]["best_pgd20"] == (57.81, 0.54)
+    # The GPU plan: one burn-in per family, MART and FAT as full runs.
+    prefix = {r["label"]: r.get("prefix") for r in SPECS["mail-table2"]["rows"]}
+    assert prefix == {"AT": "at", "GAIRAT": "at", "MAIL-AT": "at", "TRADES": "trades",
+                      "MAIL-TRADES": "trades", "MART": None, "FAT": None, "AWP": None}  # fmt: skip
 
 
 def test_reproduce_tiny_table_in_pieces(data_root, tmp_path, capsys):
@@ -350,6 +354,7 @@ def test_reproduce_tiny_table_in_pieces(data_root, tmp_path, capsys):
         "columns": ["best_nat", "last_nat", "last_pgd100"],
         "train_args": [*TINY, "--best-window", "0", "1"],
         "prefixes": {"at": {"method": "at", "epochs": 1}},
+        "notes": ["GAIRAT continues AT's burn-in."],
         "rows": [
             {"label": "AT", "method": "at", "prefix": "at"},
             {
@@ -386,6 +391,7 @@ def test_reproduce_tiny_table_in_pieces(data_root, tmp_path, capsys):
     )
     assert "Protocol: `mail`" in markdown and "ε = 0.031" in markdown and "seed 0" in markdown
     assert "python examples/train.py" in markdown and "--init-from" in markdown
+    assert "- GAIRAT continues AT's burn-in." in markdown
     ours = json.loads((out / "tiny.json").read_text())
     assert set(ours) == {"AT", "GAIRAT"}
     assert set(ours["AT"]) == {"best_nat", "best_pgd100", "last_nat", "last_pgd100"}
