@@ -36,6 +36,17 @@ def import_pyplot(what: str) -> Any:
     return plt
 
 
+def save_figure(fig: Any, out: Path, dpi: int = 120) -> Path:
+    """Lays ``fig`` out, writes it to ``out`` (creating the folder) and closes it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def _series(log: Log, key: str) -> tuple[list[int], list[float]]:
     points = [(r["epoch"] + 1, r[key]) for r in log if key in r]
     return [e for e, _ in points], [v for _, v in points]
@@ -99,11 +110,7 @@ def plot_curves(logs: Dict[str, Log], out: Path) -> Optional[Path]:
             ax.legend(fontsize=7)
     if weights.get_lines():
         weights.set_yscale("log")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_histograms(log: Log, out: Path, title: str = "") -> Optional[Path]:
@@ -141,11 +148,7 @@ def plot_histograms(log: Log, out: Path, title: str = "") -> Optional[Path]:
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{title} {label} over epochs".strip())
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:

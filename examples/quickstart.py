@@ -116,9 +116,9 @@ def kappa_and_margin(model: nn.Module, data: Data, eps: float) -> Tuple[Tensor, 
     return kappa, margin
 
 
-def save_figure(toys: Dict[str, Tuple[Data, nn.Module]], eps: float, out: Path) -> Optional[Path]:
+def draw_figure(toys: Dict[str, Tuple[Data, nn.Module]], eps: float, out: Path) -> Optional[Path]:
     """κ and PM of the AT network on each toy's training points, and PM per κ (MAIL Fig. 4)."""
-    from plots import import_pyplot
+    from plots import import_pyplot, save_figure
 
     plt = import_pyplot(f"the figure ({out})")
     if plt is None:
@@ -163,11 +163,7 @@ def save_figure(toys: Dict[str, Tuple[Data, nn.Module]], eps: float, out: Path) 
         row[2].set_ylabel("PM_nat")
         row[2].set_title(f"{toy}: PM_nat for each κ (whiskers 5-95 %)")
     fig.suptitle("AT network, training points (● class 0, ▲ class 1, — decision boundary)")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -232,7 +228,7 @@ def _run(args: argparse.Namespace, toys: Sequence[str]) -> Dict[str, Any]:
         f"trained and evaluated {len(toys) * len(METHODS)} networks in {seconds:.1f} s "
         f"(1 CPU thread, torch {torch.__version__})"
     )
-    figure = None if args.no_figure else save_figure(trained, args.eps, args.out / "quickstart.png")
+    figure = None if args.no_figure else draw_figure(trained, args.eps, args.out / "quickstart.png")
     if figure is not None:
         print(f"figure: {figure}")
     return {"accuracy": accuracy, "seconds": seconds, "figure": figure}
