@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Type
 
@@ -39,6 +40,41 @@ def _gairat(**kwargs) -> ir.InstanceReweightedLoss:
     return ir.InstanceReweightedLoss(_ce(), "gairat", steps=10, **kwargs)
 
 
+class _NoGrad(nn.Module):
+    """A model whose forward cuts the graph: its logits do not reach the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.linear(x)
+
+
+class _NaNGradient(nn.Module):
+    """Finite logits, NaN input gradient at x = 0.5: √|x − 0.5| has an infinite slope there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x) + 0 * (x - 0.5).abs().sqrt().sum(1, keepdim=True)
+
+
+def _burn_in() -> ir.BurnInScheduler:
+    return ir.BurnInScheduler(_gairat(), burn_in_epochs=2)
+
+
+def _state(**values) -> dict:
+    return {"last_epoch": 3, "burn_in_epochs": 2, "lam": -1.0, **values}
+
+
+def _mail_signal(scheme) -> torch.Tensor:
+    return ir.InstanceWeighting(scheme)(margin=torch.tensor([0.5, -0.5]))
+
+
 class _Scores(nn.Module):
     """A model that returns something other than an (N, C) tensor."""
 
@@ -65,6 +101,18 @@ CASES: List[Case] = [
     ("Inputs", "labels out of range", ValueError, lambda: _attack()(_x(), torch.tensor([0, 3]))),
     ("Inputs", "labels of the wrong shape", ValueError, lambda: _attack()(_x(), _y()[:, None])),
     ("Inputs", "labels of a float dtype", TypeError, lambda: _attack()(_x(), _y().float())),
+    (
+        "Inputs",
+        "labels out of range, with `steps=0`",
+        ValueError,
+        lambda: _attack(steps=0)(_x(), torch.tensor([0, 3])),
+    ),
+    (
+        "Inputs",
+        "`x` in another dtype than the model",
+        TypeError,
+        lambda: _attack()(_x().double(), _y()),
+    ),
     (
         "Inputs",
         "labels out of range (margin)",
@@ -97,11 +145,32 @@ CASES: List[Case] = [
     ),
     (
         "Model",
+        "integer logits",
+        TypeError,
+        lambda: _attack(_Scores(lambda z: z.round().long()))(_x(), _y()),
+    ),
+    (
+        "Model",
+        "a forward that cuts the graph (`torch.no_grad` inside)",
+        ValueError,
+        lambda: _attack(_NoGrad())(_x(), _y()),
+    ),
+    (
+        "Model",
+        "a NaN gradient with respect to the input",
+        ValueError,
+        lambda: _attack(_NaNGradient(), random_start=None)(_x(), _y()),
+    ),
+    (
+        "Model",
         "a model on another device than `x`",
         ValueError,
         lambda: _attack(nn.Linear(4, 3).to("meta"))(_x(), _y()),
     ),
     ("Attack options", "`eps` < 0", ValueError, lambda: _attack(eps=-0.1)),
+    ("Attack options", "`eps` = inf", ValueError, lambda: _attack(eps=math.inf)),
+    ("Attack options", "`eps` as a string", TypeError, lambda: _attack(eps="0.1")),
+    ("Attack options", "`steps` as a float", TypeError, lambda: _attack(steps=2.0)),
     ("Attack options", "`step_size` <= 0", ValueError, lambda: _attack(step_size=0.0)),
     (
         "Attack options",
@@ -111,6 +180,36 @@ CASES: List[Case] = [
     ),
     ("Attack options", "`tau` < 0", ValueError, lambda: _attack(tau=-1)),
     ("Attack options", "an unknown attack loss", ValueError, lambda: _attack(loss="mse")),
+    (
+        "Attack options",
+        "the attack loss as the string the message uses for a callable",
+        ValueError,
+        lambda: _attack(loss="a callable (logits_adv, y) -> loss"),
+    ),
+    (
+        "Attack options",
+        '`random_start="None"` (a string, not None)',
+        ValueError,
+        lambda: _attack(random_start="None"),
+    ),
+    (
+        "Attack options",
+        "LM-PGD's `min_step` as a string",
+        TypeError,
+        lambda: ir.evaluation.LineSearchMomentumPGD(nn.Linear(4, 3), eps=0.1, min_step="0.01"),
+    ),
+    (
+        "Attack options",
+        "LM-PGD's `momentum` as a string",
+        TypeError,
+        lambda: ir.evaluation.LineSearchMomentumPGD(nn.Linear(4, 3), eps=0.1, momentum="0.8"),
+    ),
+    (
+        "Attack options",
+        "an attack loss that returns a Python float",
+        TypeError,
+        lambda: _attack(loss=lambda logits, y: 1.0)(_x(), _y()),
+    ),
     (
         "Loss",
         "a torch loss that reduces",
@@ -191,6 +290,54 @@ CASES: List[Case] = [
         lambda: ir.InstanceReweightedLoss(_ce(), "gairat", normalize="sum"),
     ),
     (
+        "Weighting",
+        "a callable scheme that returns negative weights",
+        ValueError,
+        lambda: _mail_signal(lambda pm: pm),
+    ),
+    (
+        "Weighting",
+        "a callable scheme that returns NaN",
+        ValueError,
+        lambda: _mail_signal(lambda pm: pm * math.nan),
+    ),
+    (
+        "Weighting",
+        "a callable scheme that returns a string",
+        TypeError,
+        lambda: _mail_signal(lambda pm: "heavy"),
+    ),
+    (
+        "Weighting",
+        'a bad signal given to the `"uniform"` scheme',
+        ValueError,
+        lambda: ir.InstanceWeighting("uniform")(kappa=torch.tensor([0, -1])),
+    ),
+    (
+        "Weighting",
+        'no signal to a call of the `"uniform"` scheme (it gives N)',
+        ValueError,
+        lambda: ir.InstanceWeighting("uniform")(),
+    ),
+    (
+        "Weighting",
+        "an unknown attribute of a weighting",
+        AttributeError,
+        lambda: setattr(ir.InstanceWeighting("gairat"), "lamda", 0.0),
+    ),
+    (
+        "Weighting",
+        "an InstanceWeighting and options for it",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(_ce(), ir.InstanceWeighting("gairat"), lam=0.0),
+    ),
+    (
+        "Burn-in",
+        "a criterion without a weighting",
+        TypeError,
+        lambda: ir.BurnInScheduler(_ce(), burn_in_epochs=1),
+    ),
+    (
         "Burn-in",
         "`lam` for a scheme without λ",
         ValueError,
@@ -204,12 +351,58 @@ CASES: List[Case] = [
         ValueError,
         lambda: ir.BurnInScheduler(_gairat(), burn_in_epochs=0, lam=lambda e: float("nan")),
     ),
+    ("Burn-in", "`load_state_dict(None)`", TypeError, lambda: _burn_in().load_state_dict(None)),
+    ("Burn-in", "`load_state_dict({})`", ValueError, lambda: _burn_in().load_state_dict({})),
+    (
+        "Burn-in",
+        "a saved negative epoch",
+        ValueError,
+        lambda: _burn_in().load_state_dict(_state(last_epoch=-1)),
+    ),
+    (
+        "Burn-in",
+        "a saved float epoch",
+        TypeError,
+        lambda: _burn_in().load_state_dict(_state(last_epoch=3.5)),
+    ),
+    (
+        "Burn-in",
+        "a saved λ that is not a number",
+        TypeError,
+        lambda: _burn_in().load_state_dict(_state(lam="-1")),
+    ),
+    (
+        "Burn-in",
+        "a saved NaN λ",
+        ValueError,
+        lambda: _burn_in().load_state_dict(_state(lam=math.nan)),
+    ),
+    (
+        "Sampler",
+        "a number of examples that is not an int",
+        TypeError,
+        lambda: ir.InstanceReweightedSampler(4.5),
+    ),
     ("Methods", "an unknown method", ValueError, lambda: ir.methods.get("pgd-at", nn.Linear(4, 3))),
+    (
+        "Methods",
+        "a method name that is not a string",
+        TypeError,
+        lambda: ir.methods.get(3, nn.Linear(4, 3)),
+    ),
     (
         "Methods",
         "a hyper-parameter the method does not use",
         ValueError,
         lambda: ir.methods.get("trades", nn.Linear(4, 3), slope=2.0),
+    ),
+    (
+        "Normalized models",
+        "an input whose channels do not match `mean`/`std`",
+        ValueError,
+        lambda: ir.Normalized(nn.Flatten(), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(
+            torch.rand(2, 4, 2, 2)
+        ),
     ),
 ]
 
@@ -246,8 +439,16 @@ def render() -> str:
         "An empty batch is not an error: the attack returns empty outputs, the loss returns 0 (not NaN), and",
         "the margins are empty.",
         "",
-        "Checks that need values (NaN, ranges) cost one host synchronisation per call: the attack reports",
-        "them once, after its step loop; the margin and the loss check their inputs once per call.",
+        "Checks that need values (NaN, ranges) are read with one host synchronisation: once per attack",
+        "call (after its step loop), once per margin or weighting call, and once per training step of",
+        "`ir.methods` (all of the step's checks together; κ and PM that the library computed itself are not",
+        "checked again).",
+        "",
+        "Handled rather than refused: the attack under `torch.inference_mode()` runs with inference mode off",
+        'inside (as `ir.evaluation` does) and returns ordinary tensors; a signal given to the `"uniform"`',
+        "scheme is checked like any signal and every weight is 1; raw weights that underflow (GAIRAT with",
+        "λ ≲ −40, MAIL with γ ≳ 200) are normalised through their logarithms, so the weights stay finite and in",
+        "order; a Σω of 0 or ∞ gives uniform weights.",
     ]
     section = None
     for name, row, error, trigger in CASES:

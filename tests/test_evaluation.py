@@ -375,9 +375,13 @@ def test_plain_progress_line_without_tqdm(monkeypatch, capsys):
     [
         (dict(attacks=["pgd"]), ValueError, r"one of 'natural', 'pgd20'.*'aa', got 'pgd'"),
         (dict(attacks=[]), ValueError, "at least one attack"),
-        (dict(protocol="madry"), ValueError, r"'gairat', 'mail', 'robustbench', got 'madry'"),
-        (dict(eps=-0.1), ValueError, r"`eps` > 0"),
-        (dict(eps=0.0), ValueError, r"`eps` > 0"),
+        (
+            dict(protocol="madry"),
+            ValueError,
+            r"'gairat', 'mail', 'robustbench', 'robustbench-l2', got 'madry'",
+        ),
+        (dict(eps=-0.1), ValueError, r"`eps` to be a finite number > 0"),
+        (dict(eps=0.0), ValueError, r"`eps` to be a finite number > 0"),
         (dict(eps=8), ValueError, "8/255"),
         (dict(eps="8/255"), TypeError, "number"),
         (

@@ -44,8 +44,9 @@ def make_batch(dtype=torch.float32, n=8, seed=1):
     return torch.rand(n, 1, 4, 4, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
 
 
-def test_names_are_the_eleven_methods():
-    assert methods.names() == NAMES
+def test_names_are_the_eleven_methods_and_their_awp_compositions():
+    awp = ("at-awp", "trades-awp", "gairat-awp", "mail-at-awp", "mail-trades-awp")
+    assert methods.names() == NAMES + awp  # the AWP methods are tested in test_awp.py
 
 
 @pytest.mark.parametrize("name,variant", CASES)
@@ -69,7 +70,7 @@ def test_every_method_trains_a_step_before_and_after_its_burn_in(name, variant):
         assert model.training  # the attack restored the mode
         stats = method.stats()
         assert all(math.isfinite(v) for v in stats.values())
-        if method.criterion is not None:
+        if method.weighting is not None:
             assert method.reweighting == (epoch >= method.params["burn_in_epochs"])
             assert method.last_weights is not None and method.last_weights.shape == (8,)
             uniform = bool((method.last_weights == 1).all())
@@ -213,6 +214,20 @@ def test_official_mail_scales_by_three_without_normalisation(name, objective, te
     assert method.loss(x, y).item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("name,objective,term", [WEIGHTED[0], WEIGHTED[4]])  # κ and PM
+def test_a_callable_scheme_weights_the_method_like_a_named_one(name, objective, term):
+    model = make_model(torch.float64, gain=8.0)
+    x, y = make_batch(torch.float64)
+    method = methods.get(name, model, scheme=lambda signal: 1.0 + signal.double() ** 2, **ATTACK)
+    _, _, kappa, logits_nat, logits_adv = reference(method, x, y)
+    t = per_example_terms(logits_nat, logits_adv, y)
+    omega = [1.0 + s**2 for s in (kappa if name.startswith("gair") else t["pm_adv"])]
+    w = [len(omega) * o / sum(omega) for o in omega]
+    assert max(w) - min(w) > 0.1  # the weights matter
+    expected = placements(t, w, method.params.get("beta", 0.0))[objective][term]
+    assert method.loss(x, y).item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_official_gair_trades_is_gair_rst():
     # GAIRAT Eq. 13 as the official GAIR-RST code computes it: CE(x) + β[w·KL(x_kl) + (1 − w)·KL(x_cw)],
     # w unnormalised; the paper's GAIR-TRADES weights CE(x) instead (Algorithm 5).
@@ -322,7 +337,7 @@ def test_burn_in_and_lambda_schedule_follow_the_epoch():
         seen.append(
             (
                 method.reweighting,
-                method.criterion.scheme_params["lam"] if method.reweighting else None,
+                method.weighting.scheme_params["lam"] if method.reweighting else None,
             )
         )
     assert seen == [(False, None)] * 3 + [(True, -1.0)] * 2 + [(True, -2.0)] * 2
@@ -383,8 +398,8 @@ def test_defaults_follow_the_papers():
             10,
         )
         assert {k: method.params[k] for k in values} == values, name
-        if method.criterion is not None:
-            assert method.criterion.scheme.name == method.params["scheme"]
+        if method.weighting is not None:
+            assert method.weighting.scheme.name == method.params["scheme"]
 
 
 def test_overrides_reach_the_attack_and_the_scheme():
@@ -392,9 +407,9 @@ def test_overrides_reach_the_attack_and_the_scheme():
         "mail-at", make_model(), eps=0.1, steps=3, slope=3.0, bias=0.1, scheme="step", alpha=0.3
     )
     assert (method.attack.eps, method.attack.steps) == (0.1, 3)
-    assert method.criterion.scheme_params == {"alpha": 0.3, "bias": 0.1}
+    assert method.weighting.scheme_params == {"alpha": 0.3, "bias": 0.1}
     linear = methods.get("gairat", make_model(), steps=4, scheme="gairat-linear")
-    assert linear.criterion.scheme_params == {"steps": 4}  # the scheme's K is the attack's K
+    assert linear.weighting.scheme_params == {"steps": 4}  # the scheme's K is the attack's K
 
 
 def test_margin_options_read_pm_nat_and_pm_dif():
@@ -417,9 +432,12 @@ def test_margin_options_read_pm_nat_and_pm_dif():
 def test_bad_inputs_raise_clearly():
     model = make_model()
     with pytest.raises(
-        ValueError, match="Expected `name` to be one of 'at', 'trades'.*'mail-mart', got 'gair'"
+        ValueError,
+        match="Expected `name` to be one of 'at', 'trades'.*'mail-trades-awp', got 'gair'",
     ):
         methods.get("gair", model)
+    with pytest.raises(TypeError, match="Expected `name` to be one of 'at'.*, got int 3"):
+        methods.get(3, model)
     with pytest.raises(
         ValueError,
         match=r"Expected hyper-parameters of 'at' among \(attack_loss, clip, eps.*got beta",
@@ -437,7 +455,7 @@ def test_bad_inputs_raise_clearly():
         methods.get("gair-trades", model, variant="official", normalize="batch")
     with pytest.raises(ValueError, match="λ parameter"):
         methods.get("gairat", model, scheme="gairat-linear", lam=1.0)
-    with pytest.raises(ValueError, match="Expected `beta` >= 0"):
+    with pytest.raises(ValueError, match="Expected `beta` to be a finite number >= 0"):
         methods.get("trades", model, beta=-1.0)
     with pytest.raises(ValueError, match="Expected `margin` to be one of"):
         methods.get("mail-at", model, margin="logit")
@@ -445,3 +463,13 @@ def test_bad_inputs_raise_clearly():
         methods.get("at", model).set_epoch(-1)
     with pytest.raises(ValueError, match="Expected `tau`"):
         methods.get("fat", model, tau=lambda epoch: -1)
+
+
+@pytest.mark.parametrize("name,variant", CASES)
+def test_one_host_synchronisation_per_training_step(count_syncs, name, variant):
+    model = make_model()
+    x, y = make_batch()
+    method = methods.get(name, model, variant=variant)
+    for epoch in (0, method.params.get("burn_in_epochs", 0)):  # during and after the burn-in
+        method.set_epoch(epoch)
+        assert count_syncs(lambda: method.loss(x, y).backward()) == 1

@@ -1,18 +1,23 @@
-"""Properties of the weights for any input: range, monotonicity, mean exactly 1, batch-order invariance."""
+"""Properties of the weights for any input: range, monotonicity, mean 1, batch-order invariance.
+
+Float32 results are compared with the tolerances PyTorch guarantees, never bit for bit: a sum in
+another order, or a transcendental function at neighbouring inputs, may differ by an ulp.
+The hypothesis profile (random by default, reproducible with HYPOTHESIS_PROFILE=ci) is in conftest.py.
+"""
 
 from __future__ import annotations
 
 import math
+import random
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import instance_reweight as ir
 from instance_reweight import schemes
 
-settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
-settings.load_profile("ci")
+ULPS = 4 * torch.finfo(torch.float32).eps  # relative slack of a few float32 roundings
 
 steps = st.integers(min_value=1, max_value=50)
 lams = st.one_of(st.floats(min_value=-50, max_value=50), st.just(math.inf))
@@ -28,23 +33,27 @@ def kappas(draw):
     return k, torch.tensor(values)
 
 
-@given(kappas(), lams)
-def test_gairat_weights_in_unit_interval_and_non_increasing(kk, lam):
-    k, kappa = kk
+def non_increasing(w):
+    """Up to a few ulps: float32 exp and log need not be monotone between neighbouring inputs."""
+    return bool((w[1:] <= w[:-1] * (1 + ULPS)).all())
+
+
+@given(steps, lams)
+def test_gairat_weights_in_unit_interval_and_non_increasing(k, lam):
     for fn in (schemes.gairat_tanh, schemes.gairat_sigmoid):
         w = fn(torch.arange(k + 1), steps=k, lam=lam)
-        assert ((w >= 0) & (w <= 1)).all() and (w[1:] <= w[:-1]).all()
+        assert ((w >= 0) & (w <= 1)).all() and non_increasing(w)
     w = schemes.gairat_linear(torch.arange(k + 1), steps=k)
-    assert ((w > 0) & (w <= 1)).all() and (w[1:] < w[:-1]).all()
+    assert ((w > 0) & (w <= 1)).all() and non_increasing(w) and w[-1] < w[0]
 
 
 @given(margins, slopes, biases)
 def test_mail_weights_in_unit_interval_and_non_increasing_in_pm(values, slope, bias):
     pm = torch.tensor(sorted(values))
     w = schemes.mail_sigmoid(pm, slope=slope, bias=bias)
-    assert ((w >= 0) & (w <= 1)).all() and (w[1:] <= w[:-1]).all()
+    assert ((w >= 0) & (w <= 1)).all() and non_increasing(w)
     hinge = schemes.hinge(pm, slope=slope, bias=bias)
-    assert (hinge >= 0).all() and (hinge[1:] >= hinge[:-1]).all()  # as printed: grows with PM
+    assert (hinge >= 0).all() and non_increasing(hinge.flip(0))  # as printed: grows with PM
 
 
 @given(kappas(), lams)
@@ -63,12 +72,14 @@ def test_margin_weights_never_nan_and_mean_one(values, slope, bias, scheme):
 
 
 @given(kappas(), lams, st.randoms(use_true_random=False))
+@example((42, torch.tensor([0] * 18 + [15])), -3.0, random.Random(0))  # 1 ulp apart when shuffled
 def test_invariant_to_batch_order(kk, lam, rng):
     k, kappa = kk
     losses = torch.rand(len(kappa), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
     order = torch.tensor(rng.sample(range(len(kappa)), len(kappa)))
     w = ir.instance_weights("gairat", kappa=kappa, steps=k, lam=lam)
-    assert torch.equal(
+    # The normalising sum runs in another order: equal up to rounding, not bit for bit.
+    torch.testing.assert_close(
         ir.instance_weights("gairat", kappa=kappa[order], steps=k, lam=lam), w[order]
     )
     loss = ir.instance_reweighted_loss(losses, "gairat", kappa=kappa, steps=k, lam=lam)

@@ -121,6 +121,10 @@ def test_bad_inputs_raise_clearly():
     with pytest.raises(ValueError, match=r"saved weights of shape \(4,\)"):
         sampler.load_state_dict({"weights": torch.ones(3), "scheme_params": {}, "generator": None})
     broken = InstanceReweightedSampler(2, lambda margin: margin)  # negative raw weights
-    broken.update(torch.tensor([0]), margin=torch.tensor([-1.0]))
-    with pytest.raises(ValueError, match="non-negative sampling weights"):
-        list(broken)
+    with pytest.raises(ValueError, match="non-negative raw weights"):
+        broken.update(torch.tensor([0]), margin=torch.tensor([-1.0]))
+    state = {"weights": torch.tensor([1.0, -1.0, 0.0, 1.0]), "scheme_params": {}, "generator": None}
+    with pytest.raises(ValueError, match="non-negative saved weights"):
+        sampler.load_state_dict(state)
+    with pytest.raises(TypeError, match=r"Expected `data_source` to be an int \(the number"):
+        InstanceReweightedSampler(4.5)

@@ -122,3 +122,18 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="0-based"):
         scheduler.step(-1)
     assert "burn_in_epochs=1" in repr(scheduler)
+
+
+def test_a_refused_state_changes_nothing():
+    criterion = _criterion()
+    scheduler = ir.BurnInScheduler(criterion, burn_in_epochs=2, lam=0.5)
+    scheduler.step(3)
+    before = (scheduler.state_dict(), criterion.active, criterion.scheme_params)
+    for state in (
+        {"last_epoch": 1, "burn_in_epochs": 2, "lam": "garbage"},
+        {"last_epoch": 1, "burn_in_epochs": -2, "lam": 0.0},
+        {"last_epoch": 1, "burn_in_epochs": 2},
+    ):
+        with pytest.raises((TypeError, ValueError), match="Expected"):
+            scheduler.load_state_dict(state)
+        assert (scheduler.state_dict(), criterion.active, criterion.scheme_params) == before

@@ -122,7 +122,12 @@ def test_resolve_scheme_errors_list_the_options():
     [
         ("gairat", {"gamma": 1.0}, ValueError, r"among \(lam, steps\), got gamma"),
         ("gairat", {"steps": 0}, ValueError, "steps"),
-        ("gairat", {"steps": 10.0}, ValueError, "steps"),
+        (
+            "gairat",
+            {"steps": 10.0},
+            TypeError,
+            r"`steps` to be an int.*got float 10\.0; pass `int\(steps\)`",
+        ),
         ("gairat", {"lam": math.nan}, ValueError, "lam"),
         ("gairat", {"lam": -math.inf}, ValueError, "lam"),
         ("gairat", {"lam": "0"}, TypeError, "lam"),

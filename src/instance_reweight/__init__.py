@@ -8,20 +8,26 @@
 
 from . import evaluation, losses, methods, sampler, schemes
 from .attack import AttackOutput, GeometryAwareAttack
-from .loss import InstanceReweightedLoss, instance_reweighted_loss, instance_weights
+from .awp import AdversarialWeightPerturbation
+from .loss import InstanceReweightedLoss
 from .margin import ProbabilisticMargin, probabilistic_margin, probabilistic_margin_dif
+from .normalize import Normalized
 from .sampler import IndexedDataset, InstanceReweightedSampler
 from .scheduler import BurnInScheduler
+from .weighting import InstanceWeighting, instance_reweighted_loss, instance_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdversarialWeightPerturbation",
     "AttackOutput",
     "BurnInScheduler",
     "GeometryAwareAttack",
     "IndexedDataset",
     "InstanceReweightedLoss",
     "InstanceReweightedSampler",
+    "InstanceWeighting",
+    "Normalized",
     "ProbabilisticMargin",
     "evaluation",
     "instance_reweighted_loss",

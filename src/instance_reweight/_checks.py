@@ -1,17 +1,26 @@
-"""Input checks shared by the public pieces (each raises with "Expected …, got …" and the fix), and
-the dtype rule they share."""
+"""Input checks shared by every public piece, and the dtype rule they share.
+
+One rule: a value of the wrong type raises ``TypeError``, a value of the right type but a wrong value
+raises ``ValueError``; each message says what was expected, what came, and how to fix it. Checks that
+need tensor values are gathered by :class:`DeferredChecks` and read with one host synchronisation.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import math
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
 def check_tensor(value: object, name: str) -> Tensor:
     if not isinstance(value, Tensor):
-        raise TypeError(f"Expected `{name}` to be a torch.Tensor, got {type(value).__name__}.")
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, got {_type_name(value)}.")
     return value
 
 
@@ -30,8 +39,13 @@ def check_labels(y: object, n: int, name: str = "y") -> Tensor:
     return y
 
 
-def check_logits(logits: object, n: int | None = None, name: str = "logits") -> Tensor:
+def check_logits(logits: object, n: Optional[int] = None, name: str = "logits") -> Tensor:
     logits = check_tensor(logits, name)
+    if not logits.is_floating_point():
+        raise TypeError(
+            f"Expected floating-point `{name}`, got dtype {logits.dtype}; return raw class scores "
+            "(not argmax indices or rounded scores) from the model."
+        )
     if logits.dim() != 2 or (n is not None and logits.shape[0] != n):
         expected = f"({n}, C)" if n is not None else "(N, C)"
         raise ValueError(
@@ -60,20 +74,6 @@ def labels_in_range(y: Tensor, num_classes: int) -> Tensor:
     return ((y >= 0) & (y < num_classes)).all()
 
 
-def raise_if_invalid(
-    labels_ok: Tensor, finite: Tensor, y: Tensor, num_classes: int, what: str
-) -> None:
-    """Report out-of-range labels or non-finite logits from two device flags, with one synchronisation."""
-    labels_fine, logits_fine = torch.stack([labels_ok, finite]).tolist()
-    if not labels_fine:
-        check_label_range(y, num_classes)
-    if not logits_fine:
-        raise ValueError(
-            f"Expected finite {what}, got NaN or Inf; check the model (diverged weights, or inputs on "
-            "the wrong scale)."
-        )
-
-
 def check_finite(t: Tensor, name: str) -> None:
     """One host synchronisation: call outside hot loops."""
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -83,20 +83,134 @@ def check_finite(t: Tensor, name: str) -> None:
         )
 
 
-def check_number(value: object, name: str, *, minimum: float, strict: bool = False) -> float:
+class DeferredChecks:
+    """Value checks gathered as device flags and read with one host synchronisation.
+
+    Each :meth:`add` queues a boolean scalar tensor (True when fine) and the function that raises the
+    matching error; :meth:`verify` reads every flag at once and calls the raiser of the first flag
+    that failed (a raiser may look at the values again: that costs time only on the way to an error).
+
+    Example:
+        >>> checks = DeferredChecks()
+        >>> checks.add(torch.tensor(False), lambda: check_finite(torch.tensor([math.nan]), "x"))
+        >>> checks.verify()
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected finite values in `x`, got NaN or Inf; check the data pipeline or, for logits, the model (a diverged model or a wrong input range).
+    """
+
+    def __init__(self) -> None:
+        self._flags: List[Tensor] = []
+        self._raisers: List[Callable[[], None]] = []
+
+    def add(self, flag: Tensor, raiser: Callable[[], None]) -> None:
+        self._flags.append(flag.reshape(()).to(torch.bool))
+        self._raisers.append(raiser)
+
+    def add_labels_and_logits(
+        self, y: Tensor, num_classes: int, logits_finite: Tensor, what: str = "logits"
+    ) -> None:
+        """Queue the range of the labels ``y`` and the flag that the logits were finite."""
+        self.add(labels_in_range(y, num_classes), lambda: check_label_range(y, num_classes))
+        self.add(logits_finite, lambda: _raise_not_finite(what))
+
+    def add_finite(self, t: Tensor, what: str) -> None:
+        """Queue the finiteness of ``t`` (logits), described as ``what`` in the error."""
+        self.add(torch.isfinite(t).all(), lambda: _raise_not_finite(what))
+
+    def verify(self) -> None:
+        """Raise for the first failed flag: the one host synchronisation of every check queued."""
+        flags, raisers = self._flags, self._raisers
+        self._flags, self._raisers = [], []
+        if not flags:
+            return
+        device = flags[0].device
+        for fine, raiser in zip(torch.stack([f.to(device) for f in flags]).tolist(), raisers):
+            if not fine:
+                raiser()
+
+
+def fail(message: str) -> None:
+    """Raise ``ValueError(message)``: the raiser of a :class:`DeferredChecks` flag."""
+    raise ValueError(message)
+
+
+def _raise_not_finite(what: str) -> None:
+    raise ValueError(
+        f"Expected finite {what}, got NaN or Inf; check the model (diverged weights, or inputs on "
+        "the wrong scale)."
+    )
+
+
+def check_number(
+    value: object,
+    name: str,
+    *,
+    minimum: float = -math.inf,
+    maximum: float = math.inf,
+    strict: bool = False,
+    allow_inf: bool = False,
+    hint: str = "",
+) -> float:
+    """A finite real number (or ``+inf`` with ``allow_inf``) in ``[minimum, maximum]``, as a float.
+
+    ``strict`` excludes ``minimum`` itself; ``hint`` says what the number is or how to fix it.
+
+    Example:
+        >>> check_number(1, "eps", minimum=0.0)
+        1.0
+        >>> check_number("0.1", "eps", minimum=0.0)
+        Traceback (most recent call last):
+        ...
+        TypeError: Expected `eps` to be a real number, got str '0.1'.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"Expected `{name}` to be a number, got {type(value).__name__}.")
+        raise TypeError(
+            f"Expected `{name}` to be a real number{hint}, got {_type_name(value)} {value!r}."
+        )
     value = float(value)
-    if value != value or (value <= minimum if strict else value < minimum):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"Expected `{name}` {bound}, got {value}.")
+    if (
+        math.isnan(value)
+        or value == -math.inf
+        or (value == math.inf and not allow_inf)
+        or (value <= minimum if strict else value < minimum)
+        or value > maximum
+    ):
+        if minimum > -math.inf and maximum < math.inf:
+            where = f" in {'(' if strict else '['}{minimum:g}, {maximum:g}]"
+        elif minimum > -math.inf:
+            where = f" {'>' if strict else '>='} {minimum:g}"
+        else:
+            where = f" <= {maximum:g}" if maximum < math.inf else ""
+        kind = "a number (finite or +inf)" if allow_inf else "a finite number"
+        raise ValueError(f"Expected `{name}` to be {kind}{where}{hint}, got {value}.")
     return value
 
 
 def check_int(value: object, name: str, minimum: int, hint: str = "") -> int:
-    """An int (not a bool) of at least ``minimum``; ``hint`` says what the number is."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """An int (not a bool) of at least ``minimum``; ``hint`` says what the number is.
+
+    Example:
+        >>> check_int(2.0, "steps", 0)
+        Traceback (most recent call last):
+        ...
+        TypeError: Expected `steps` to be an int, got float 2.0; pass `int(steps)`.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        fix = f"; pass `int({name})`" if isinstance(value, float) and value.is_integer() else ""
+        raise TypeError(
+            f"Expected `{name}` to be an int{hint}, got {_type_name(value)} {value!r}{fix}."
+        )
+    if value < minimum:
         raise ValueError(f"Expected `{name}` to be an int >= {minimum}{hint}, got {value!r}.")
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"Expected `{name}` to be True or False, got {_type_name(value)} {value!r}."
+        )
     return value
 
 
@@ -108,17 +222,30 @@ def check_clip(clip: object) -> Optional[Tuple[float, float]]:
         not isinstance(clip, (tuple, list))
         or len(clip) != 2
         or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
-        or not clip[0] < clip[1]
     ):
-        raise ValueError(f"Expected `clip` as (low, high) with low < high, or None; got {clip!r}.")
+        raise TypeError(f"Expected `clip` as a pair of numbers (low, high), or None; got {clip!r}.")
+    if not (math.isfinite(clip[0]) and math.isfinite(clip[1]) and clip[0] < clip[1]):
+        raise ValueError(f"Expected `clip` as (low, high) with finite low < high, got {clip!r}.")
     return float(clip[0]), float(clip[1])
 
 
-def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(
-            f"Expected `{name}` to be one of {', '.join(map(repr, choices))}, got {value!r}."
+def check_choice(value: object, name: str, choices: Tuple[str, ...], alternative: str = "") -> str:
+    """One of the strings ``choices``; ``alternative`` names what else the caller accepts (it is
+    only said in the message, e.g. ``"None"`` or ``"a callable"``, never matched as a string).
+
+    Example:
+        >>> check_choice("None", "random_start", ("uniform", "normal"), alternative="None")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `random_start` to be one of 'uniform', 'normal' or None, got 'None'.
+    """
+    valid = ", ".join(map(repr, choices)) + (f" or {alternative}" if alternative else "")
+    if not isinstance(value, str):
+        raise TypeError(
+            f"Expected `{name}` to be one of {valid}, got {_type_name(value)} {value!r}."
         )
+    if value not in choices:
+        raise ValueError(f"Expected `{name}` to be one of {valid}, got {value!r}.")
     return value
 
 

@@ -17,10 +17,12 @@ from torch import Tensor, nn
 
 from ._checks import (
     at_least_float32,
+    check_bool,
     check_choice,
     check_finite,
     check_int,
     check_logits,
+    check_number,
 )
 from .attack import AttackLoss, GeometryAwareAttack, Objective, Step, _expand
 
@@ -58,7 +60,7 @@ def robust_to_all(
     return mask
 
 
-def natural(model: nn.Module, *, eps: float, clip: Clip) -> Run:
+def natural(model: nn.Module, *, eps: float, clip: Clip, norm: str) -> Run:
     """No attack point: the natural check, which the caller always makes, is the whole answer."""
     return lambda x, y: torch.ones_like(y, dtype=torch.bool)
 
@@ -72,7 +74,7 @@ def _survives(attack: GeometryAwareAttack, every_iterate: bool, x: Tensor, y: Te
 
 def _restarted(attack: GeometryAwareAttack, restarts: object, every_iterate: object) -> Run:
     """Robust iff the attack fails in every one of ``restarts`` runs."""
-    survives = functools.partial(_survives, attack, _check_bool(every_iterate, "every_iterate"))
+    survives = functools.partial(_survives, attack, check_bool(every_iterate, "every_iterate"))
     return functools.partial(robust_to_all, [survives] * check_int(restarts, "restarts", 1))
 
 
@@ -81,6 +83,7 @@ def pgd(
     *,
     eps: float,
     clip: Clip,
+    norm: str,
     steps: int,
     step_size: float,
     restarts: int,
@@ -88,7 +91,7 @@ def pgd(
     every_iterate: bool,
     loss: AttackLoss,
 ) -> Run:
-    """ℓ∞ PGD through :class:`GeometryAwareAttack`, ``restarts`` times."""
+    """ℓ∞ or ℓ2 PGD through :class:`GeometryAwareAttack`, ``restarts`` times."""
     attack = GeometryAwareAttack(
         model,
         eps=eps,
@@ -97,6 +100,7 @@ def pgd(
         loss=loss,
         random_start=random_start,
         clip=clip,
+        norm=norm,
     )
     return _restarted(attack, restarts, every_iterate)
 
@@ -115,8 +119,15 @@ def logit_scaled_pgd(model: nn.Module, *, alphas: Sequence[float], **pgd_options
     return functools.partial(robust_to_all, runs)
 
 
-def lm_pgd(model: nn.Module, *, restarts: int, every_iterate: bool, **options: Any) -> Run:
-    """:class:`LineSearchMomentumPGD`, ``restarts`` times."""
+def lm_pgd(
+    model: nn.Module, *, norm: str, restarts: int, every_iterate: bool, **options: Any
+) -> Run:
+    """:class:`LineSearchMomentumPGD`, ``restarts`` times (ℓ∞ only, as MAIL defines it)."""
+    if norm != "linf":
+        raise ValueError(
+            f"Expected norm='linf' for 'lm-pgd' (MAIL's LM-PGD is an ℓ∞ attack), got {norm!r}; "
+            "evaluate ℓ2 robustness with 'pgd20', 'pgd+', 'cw', 'pgd20-ls', 'apgd-ce' or 'aa'."
+        )
     return _restarted(LineSearchMomentumPGD(model, **options), restarts, every_iterate)
 
 
@@ -125,6 +136,7 @@ def autoattack(
     *,
     eps: float,
     clip: Clip,
+    norm: str,
     version: str,
     seed: Optional[int],
     attacks: Optional[Sequence[str]] = None,
@@ -163,6 +175,7 @@ def autoattack(
         adversary = AutoAttack(
             model,
             eps=eps,
+            norm={"linf": "Linf", "l2": "L2"}[norm],
             version=version,
             seed=seed,
             device=x.device,
@@ -191,12 +204,6 @@ def autoattack(
 def _rng_restored(device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         yield
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"Expected `{name}` to be True or False, got {value!r}.")
-    return value
 
 
 def _check_alphas(alphas: object) -> Tuple[float, ...]:
@@ -254,6 +261,8 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
     Raises:
         ValueError: as :class:`GeometryAwareAttack`; also on ``min_step`` outside [0, α_max],
             ``momentum`` outside [0, 1), ``line_search`` < 2, or a loss that is not ``(N,)``.
+        TypeError: as :class:`GeometryAwareAttack`; also on a ``min_step`` or ``momentum`` that is
+            not a real number.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -290,24 +299,24 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
         )
         if step_size is None:
             self.step_size = 0.75 * self.eps
-        min_step = 2 / 3 * self.step_size if min_step is None else min_step
-        if (
-            isinstance(min_step, bool)
-            or not isinstance(min_step, (int, float))
-            or not 0 <= min_step <= self.step_size
-        ):
-            raise ValueError(
-                f"Expected `min_step` in [0, step_size={self.step_size:g}], got {min_step!r}."
+        self.min_step = (
+            2 / 3 * self.step_size
+            if min_step is None
+            else check_number(
+                min_step,
+                "min_step",
+                minimum=0.0,
+                maximum=self.step_size,
+                hint=" (α_min, at most step_size; None for ⅔·step_size)",
             )
-        if (
-            isinstance(momentum, bool)
-            or not isinstance(momentum, (int, float))
-            or not 0 <= momentum < 1
-        ):
-            raise ValueError(f"Expected `momentum` in [0, 1), got {momentum!r}.")
-        self.min_step = float(min_step)
+        )
         self.min_step_steps = check_int(min_step_steps, "min_step_steps", 0)
-        self.momentum = float(momentum)
+        self.momentum = check_number(momentum, "momentum", hint=" in [0, 1) (γ)")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(
+                f"Expected `momentum` in [0, 1) (γ; MAIL uses 0.8), got {self.momentum}: a negative γ "
+                "flips the velocity and γ >= 1 never lets it decay."
+            )
         self.line_search = check_int(line_search, "line_search", 2)
 
     def __repr__(self) -> str:

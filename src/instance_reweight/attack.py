@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterator, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import (
+    DeferredChecks,
     at_least_float32,
     check_choice,
     check_clip,
@@ -19,8 +21,7 @@ from ._checks import (
     check_logits,
     check_number,
     check_tensor,
-    labels_in_range,
-    raise_if_invalid,
+    fail,
 )
 from .losses import cw_margin, trades_kl
 
@@ -32,6 +33,7 @@ Step = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 _LOSSES = ("ce", "kl", "cw")
 _STARTS = ("uniform", "normal")
+NORMS = ("linf", "l2")
 
 
 class AttackOutput(NamedTuple):
@@ -74,15 +76,22 @@ def frozen_for_attack(model: nn.Module) -> Iterator[None]:
 
 
 class GeometryAwareAttack:
-    r"""Geometry-aware PGD: the ℓ∞ PGD attack that also returns each example's geometry value κ.
+    r"""Geometry-aware PGD: the ℓ∞ (or ℓ2) PGD attack that also returns each example's geometry value κ.
 
-    Starting from :math:`x^{(0)}` (see ``random_start``), each step is
+    Starting from :math:`x^{(0)}` (see ``random_start``), with :math:`g = \nabla_{x^{(t)}}
+    \ell(f(x^{(t)}), y)`, each step is
 
     .. math::
         x^{(t+1)} = \mathrm{clip}\Bigl(\Pi_{B_\epsilon[x]}\bigl(x^{(t)} + \alpha\,
-        \mathrm{sign}\,\nabla_{x^{(t)}} \ell(f(x^{(t)}), y)\bigr)\Bigr),
+        \mathrm{sign}\,g\bigr)\Bigr) \ (ℓ∞), \qquad
+        x^{(t+1)} = \mathrm{clip}\Bigl(\Pi_{B_\epsilon[x]}\bigl(x^{(t)} + \alpha\,
+        g / \lVert g\rVert_2\bigr)\Bigr) \ (ℓ2),
         \qquad
         \kappa = \#\{t \in 0..K-1 : \arg\max f(x^{(t)}) = y\}.
+
+    The ℓ2 norm and the projection are per example (over all of an example's features); an example
+    whose gradient is zero stays where it is. The ℓ2 projection scales :math:`x^{(t+1)} - x` down to
+    length ε when it is longer; ``clip`` after it can only shorten it.
 
     Every correct check counts (GAIRAT Algorithm 1 counts, it does not stop at the first miss) and
     the final iterate :math:`x^{(K)}` is never checked, so a misclassified natural point gets κ near 0
@@ -100,18 +109,20 @@ class GeometryAwareAttack:
     Args:
         model: classifier returning logits ``(N, C)``; a ``DistributedDataParallel`` model is
             attacked through its ``.module`` (no gradient synchronisation during the attack).
-        eps: ℓ∞ radius ε (``0`` gives κ of the natural point only).
-        step_size: step α.
+        eps: radius ε of the ``norm`` ball (``0`` gives κ of the natural point only).
+        step_size: step α (a length in the ``norm``).
         steps: number of steps K (``0`` returns the start point and κ = 0).
         loss: ``"ce"`` (AT, GAIRAT, MART, MAIL-AT), ``"kl"`` (TRADES: KL between natural and
             adversarial predictions, natural probabilities computed once), ``"cw"`` (CW margin,
             confidence 50), or a callable ``(logits_adv, y) -> (N,)`` or scalar to maximise.
-        random_start: ``"uniform"`` (x + U(−ε, ε), clipped; GAIRAT), ``"normal"``
+        random_start: ``"uniform"`` (x + a point uniform in the ε-ball — U(−ε, ε) per feature for
+            ℓ∞ —, clipped; GAIRAT), ``"normal"``
             (x + 0.001·N(0, 1), not clipped before the first step; TRADES, MART, MAIL) or ``None``
             (start at x; GAIRAT Algorithm 1).
         tau: early-stop budget τ, an int or a per-example integer tensor ``(N,)``; ``None`` for
             plain PGD.
         clip: ``(low, high)`` box for the inputs, ``None`` for inputs that are not images.
+        norm: the threat model, ``"linf"`` (both papers) or ``"l2"`` (RobustBench's ℓ2 track, ε = 0.5).
 
     Shape:
         - x: ``(N, *)`` floating point, inside ``clip``.
@@ -144,6 +155,7 @@ class GeometryAwareAttack:
         random_start: Optional[str] = "uniform",
         tau: Union[int, Tensor, None] = None,
         clip: Optional[Tuple[float, float]] = (0.0, 1.0),
+        norm: str = "linf",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -153,17 +165,18 @@ class GeometryAwareAttack:
         self.model = (
             model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         )
-        self.eps = check_number(eps, "eps", minimum=0.0)
+        self.eps = check_number(eps, "eps", minimum=0.0, hint=" (8/255 is the usual ℓ∞ radius)")
         self.step_size = check_number(step_size, "step_size", minimum=0.0, strict=True)
         self.steps = check_int(steps, "steps", 0)
         if not callable(loss):
-            check_choice(loss, "loss", _LOSSES + ("<callable (logits_adv, y) -> loss>",))
+            check_choice(loss, "loss", _LOSSES, alternative="a callable (logits_adv, y) -> loss")
         self.loss = loss
         if random_start is not None:
-            check_choice(random_start, "random_start", _STARTS + ("None",))
+            check_choice(random_start, "random_start", _STARTS, alternative="None")
         self.random_start = random_start
         self.tau = tau
         self.clip = check_clip(clip)
+        self.norm = check_choice(norm, "norm", NORMS)
 
     @property
     def tau(self) -> Union[int, Tensor, None]:
@@ -181,18 +194,27 @@ class GeometryAwareAttack:
         return (
             f"{type(self).__name__}(eps={self.eps:.6g}, step_size={self.step_size:.6g}, "
             f"steps={self.steps}, loss={self.loss!r}, random_start={self.random_start!r}, "
-            f"tau={self.tau!r}, clip={self.clip})"
+            f"tau={self.tau!r}, clip={self.clip}, norm={self.norm!r})"
         )
 
     def __call__(self, x: Tensor, y: Tensor) -> AttackOutput:
+        checks = DeferredChecks()
+        output = self._attack(x, y, checks)
+        checks.verify()
+        return output
+
+    def _attack(self, x: Tensor, y: Tensor, checks: DeferredChecks) -> AttackOutput:
+        """The attack with its value checks queued on ``checks`` rather than read (for
+        :mod:`instance_reweight.methods`, which reads all of a training step's checks at once)."""
         x = self._check_input(x)
         y = check_labels(y, x.shape[0])
         if y.device != x.device:
             raise ValueError(
                 f"Expected `y` on {x.device} like `x`, got {y.device}; move it with `.to(x.device)`."
             )
-        with torch.enable_grad(), frozen_for_attack(self.model):
-            return self._run(x, y.long())
+        # Autograd is needed also when the caller runs under no_grad or inference_mode.
+        with torch.inference_mode(False), torch.enable_grad(), frozen_for_attack(self.model):
+            return self._run(x, y.long(), checks)
 
     def _check_input(self, x: object) -> Tensor:
         x = check_tensor(x, "x")
@@ -209,36 +231,28 @@ class GeometryAwareAttack:
             )
         return x
 
-    def _report(
-        self, x: Tensor, y: Tensor, labels_ok: Tensor, finite: Tensor, num_classes: int
-    ) -> None:
-        """Raise for a bad input, label or logit, from device flags: the attack's one synchronisation.
-
-        Checking after the loop rather than before it keeps the host from waiting on the device
-        while the attack is being queued; a bad input only costs the wasted attack.
-        """
-        x_finite = torch.isfinite(x).all()
-        in_clip = (
-            torch.ones_like(x_finite)
-            if self.clip is None
-            else ((x >= self.clip[0]) & (x <= self.clip[1])).all()
-        )
-        x_fine, clip_fine, labels_fine, logits_fine = torch.stack(
-            [x_finite, in_clip, labels_ok, finite]
-        ).tolist()
-        if not x_fine:
-            check_finite(x, "x")
-        if not clip_fine:
-            low, high = self.clip  # type: ignore[misc]
-            raise ValueError(
-                f"Expected `x` inside clip=({low:g}, {high:g}), got values in "
-                f"[{float(x.min()):.4g}, {float(x.max()):.4g}]; feed unnormalised inputs (put the "
-                "normalisation inside the model) or pass `clip=None` for inputs that are not images."
+    def _queue_input_checks(self, x: Tensor, checks: DeferredChecks) -> None:
+        """``x`` finite and inside ``clip``, as device flags (read after the loop, so that the host
+        does not wait on the device while the attack is being queued)."""
+        checks.add(torch.isfinite(x).all(), lambda: check_finite(x, "x"))
+        if self.clip is not None:
+            low, high = self.clip
+            checks.add(
+                ((x >= low) & (x <= high)).all(),
+                lambda: fail(
+                    f"Expected `x` inside clip=({low:g}, {high:g}), got values in "
+                    f"[{float(x.min()):.4g}, {float(x.max()):.4g}]; feed unnormalised inputs (put the "
+                    "normalisation inside the model) or pass `clip=None` for inputs that are not images."
+                ),
             )
-        if not (labels_fine and logits_fine):
-            raise_if_invalid(labels_ok, finite, y, num_classes, "logits during the attack")
 
     def _start(self, x: Tensor) -> Tensor:
+        if self.random_start == "uniform" and self.norm == "l2":
+            # Uniform in the ball: a uniform direction, and a radius ε·U^(1/d) (d features).
+            radius = self.eps * torch.rand(x.shape[0], dtype=x.dtype, device=x.device).pow(
+                1 / max(math.prod(x.shape[1:]), 1)
+            )
+            return self._clip(x + _expand(radius, x) * _unit(torch.randn_like(x)))
         if self.random_start == "uniform":
             return self._clip(x + torch.empty_like(x).uniform_(-self.eps, self.eps))
         if self.random_start == "normal":
@@ -260,7 +274,16 @@ class GeometryAwareAttack:
         return lambda logits, y: trades_kl(logits, logits_nat)
 
     def _forward(self, x_adv: Tensor, n: int) -> Tensor:
-        logits = self.model(x_adv)
+        try:
+            logits = self.model(x_adv)
+        except RuntimeError as error:
+            param = next(self.model.parameters(), None)
+            if param is None or not param.is_floating_point() or param.dtype == x_adv.dtype:
+                raise
+            raise TypeError(
+                f"Expected `x` in the model's dtype {param.dtype}, got {x_adv.dtype}; convert it with "
+                f"`x.to({param.dtype})` (or the model with `model.to({x_adv.dtype})`)."
+            ) from error
         if not isinstance(logits, Tensor):
             raise TypeError(
                 f"Expected the model to return a logits tensor (N, C), got {type(logits).__name__}; "
@@ -268,35 +291,69 @@ class GeometryAwareAttack:
             )
         return check_logits(logits, n, name="model output")
 
+    def _value(self, objective: Objective, logits: Tensor, y: Tensor) -> Tensor:
+        """The attack loss to climb, summed; it must reach ``x`` through autograd."""
+        value = objective(logits, y)
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                "Expected the attack loss to return a tensor (N,) or a scalar, got "
+                f"{type(value).__name__}; compute it with torch operations on the logits (no `.item()`)."
+            )
+        if not value.requires_grad:
+            raise ValueError(
+                "Expected the attack loss to depend on `x` through autograd, got a value without a "
+                "gradient: the model's forward (or the attack loss) cuts the graph, e.g. runs under "
+                "torch.no_grad or calls .detach(), and `x` would stay unattacked; remove the cut."
+            )
+        return value.sum()
+
     def _stepper(self, x: Tensor, objective: Objective) -> Step:
-        """The update ``(t, x⁽ᵗ⁾, ∇ℓ, y) -> x⁽ᵗ⁺¹⁾`` of one attack call: a signed-gradient step, then
-        the projection onto the ε-ball and ``clip``. Subclasses change the step rule here only."""
+        """The update ``(t, x⁽ᵗ⁾, ∇ℓ, y) -> x⁽ᵗ⁺¹⁾`` of one attack call: a signed (ℓ∞) or normalised
+        (ℓ2) gradient step, then the projection onto the ε-ball and ``clip``. Subclasses change the
+        step rule here only."""
+        if self.norm == "l2":
+            return lambda t, x_adv, grad, y: self._project_l2(
+                x_adv + self.step_size * _unit(grad), x
+            )
         ball = (x - self.eps, x + self.eps)
         return lambda t, x_adv, grad, y: self._project(x_adv + self.step_size * grad.sign(), ball)
 
     def _project(self, x_adv: Tensor, ball: Tuple[Tensor, Tensor]) -> Tensor:
         return self._clip(torch.min(torch.max(x_adv, ball[0]), ball[1]))
 
-    def _run(self, x: Tensor, y: Tensor) -> AttackOutput:
+    def _project_l2(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        delta = x_adv - x
+        length = _expand(_l2(delta), x)
+        # Scale down only what is longer than ε; the clamped denominator keeps ε = 0 free of 0/0.
+        scale = torch.where(
+            length > self.eps, self.eps / length.clamp_min(torch.finfo(length.dtype).tiny), 1.0
+        )
+        return self._clip(x + delta * scale)
+
+    def _run(self, x: Tensor, y: Tensor, checks: DeferredChecks) -> AttackOutput:
         n = x.shape[0]
         kappa = torch.zeros(n, dtype=torch.long, device=x.device)
         x_adv = self._start(x).detach()
-        # Inputs, labels and logits are checked on the device and reported once, after the loop: no
-        # host synchronisation per step. Clamped labels keep the objective defined until then.
-        finite = labels_ok = torch.ones((), dtype=torch.bool, device=x.device)
-        if self.steps == 0:
-            self._report(x, y, labels_ok, finite, 0)
+        # Inputs, labels, logits and gradients are checked on the device and read once, after the
+        # loop: no host synchronisation per step. Clamped labels keep the objective defined until then.
+        self._queue_input_checks(x, checks)
+        if (
+            self.steps == 0
+        ):  # no step, but the labels and the model's output are checked all the same
+            with torch.no_grad():
+                logits = self._forward(x_adv, n)
+            checks.add_labels_and_logits(y, logits.shape[1], torch.isfinite(logits).all())
             return AttackOutput(x_adv, kappa)
         objective = self._objective(x)
         step = self._stepper(x, objective)
         budget = _budget(self.tau, n, x.device)
         active = None if budget is None else torch.ones(n, dtype=torch.bool, device=x.device)
+        finite = grad_finite = torch.ones((), dtype=torch.bool, device=x.device)
         y_safe = y
         for t in range(self.steps):
             x_adv.requires_grad_(True)
             logits = self._forward(x_adv, n)
             if t == 0:
-                labels_ok = labels_in_range(y, logits.shape[1])
                 y_safe = y.clamp(0, logits.shape[1] - 1)
             finite = finite & torch.isfinite(logits).all()
             correct = logits.argmax(dim=1) == y
@@ -307,15 +364,20 @@ class GeometryAwareAttack:
                 stop = active & ~correct & (budget == 0)
                 budget -= (active & ~correct & (budget > 0)).long()
                 active &= ~stop
-            value = objective(logits, y_safe).sum()
-            # A model whose output does not depend on the input gives nothing to climb: zero gradient.
-            grad = (
-                torch.autograd.grad(value, x_adv)[0] if value.requires_grad else torch.zeros_like(x)
-            )
+            grad = torch.autograd.grad(self._value(objective, logits, y_safe), x_adv)[0]
+            grad_finite = grad_finite & torch.isfinite(grad).all()
             x_adv = x_adv.detach()
             stepped = step(t, x_adv, grad, y_safe)
             x_adv = stepped if active is None else torch.where(_expand(active, x), stepped, x_adv)
-        self._report(x, y, labels_ok, finite, logits.shape[1])
+        checks.add_labels_and_logits(y, logits.shape[1], finite, "logits during the attack")
+        checks.add(
+            grad_finite,
+            lambda: fail(
+                "Expected finite gradients of the attack loss with respect to `x`, got NaN or Inf "
+                "(sign(NaN) = 0 would leave the input unattacked); check the model for operations "
+                "without a finite gradient (e.g. sqrt or norm at 0, log of 0)."
+            ),
+        )
         return AttackOutput(x_adv.detach(), kappa)
 
 
@@ -323,21 +385,30 @@ def _expand(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
+def _l2(t: Tensor) -> Tensor:
+    """The ℓ2 norm of each example ``(N,)``, over all its features."""
+    # Not reshape(N, -1), which an empty batch makes ambiguous.
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], math.prod(t.shape[1:])), dim=1)
+
+
+def _unit(t: Tensor) -> Tensor:
+    """Each example scaled to ℓ2 norm 1; an all-zero example stays zero (no division by 0)."""
+    length = _expand(_l2(t), t)
+    return t / length.where(length > 0, 1.0)
+
+
 def _check_tau(tau: Union[int, Tensor, None]) -> Union[int, Tensor, None]:
-    if tau is None:
-        return None
-    if isinstance(tau, Tensor):
-        if tau.dtype.is_floating_point or tau.dim() != 1:
-            raise TypeError(
-                f"Expected `tau` as an int or an integer tensor of shape (N,), got {tau.dtype} {tuple(tau.shape)}."
-            )
-        if tau.numel() and bool((tau < 0).any()):
-            raise ValueError(f"Expected `tau` >= 0, got a minimum of {int(tau.min())}.")
-        return tau
-    if isinstance(tau, bool) or not isinstance(tau, int) or tau < 0:
-        raise ValueError(
-            f"Expected `tau` to be an int >= 0, an integer tensor (N,), or None; got {tau!r}."
+    hint = " (FAT's early-stop budget; or an integer tensor (N,), or None)"
+    if not isinstance(tau, Tensor):
+        return None if tau is None else check_int(tau, "tau", 0, hint)
+    if tau.dtype.is_floating_point or tau.is_complex() or tau.dtype == torch.bool:
+        raise TypeError(
+            f"Expected `tau` as an int or an integer tensor (N,), got dtype {tau.dtype}."
         )
+    if tau.dim() != 1:
+        raise ValueError(f"Expected a per-example `tau` of shape (N,), got {tuple(tau.shape)}.")
+    if tau.numel() and bool((tau < 0).any()):
+        raise ValueError(f"Expected `tau` >= 0, got a minimum of {int(tau.min())}.")
     return tau
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_reduce_sum", "world_size"]
+__all__ = ["global_logsumexp", "world_size"]
 
 
 def world_size() -> int:
@@ -16,17 +16,23 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def all_reduce_sum(*values: Tensor) -> Tuple[Tensor, ...]:
-    """Scalars summed over every process of the default group, with one all-reduce.
+def global_logsumexp(lse: Tensor, count: int) -> Tuple[Tensor, Tensor]:
+    """A local ``log Σ ω`` and batch size combined over every process, with one collective.
 
-    Returns the values unchanged when ``torch.distributed`` is not initialised. No gradient flows.
+    Gathering the logarithms (rather than summing the ω) keeps the sum free of underflow and overflow.
+    Returns ``(log Σ_global ω, global batch size)`` as float64 scalars; the local values when
+    ``torch.distributed`` is not initialised. No gradient flows.
 
     Example:
-        >>> all_reduce_sum(torch.tensor(2.0), torch.tensor(3.0))
-        (tensor(2.), tensor(3.))
+        >>> global_logsumexp(torch.tensor(0.5, dtype=torch.float64), 3)
+        (tensor(0.5000, dtype=torch.float64), tensor(3., dtype=torch.float64))
     """
+    lse = lse.detach().double()
+    # a fill kernel, not ``new_tensor``: no host-to-device copy on CUDA
+    local = torch.stack([lse, torch.full_like(lse, float(count))])
     if world_size() == 1:
-        return values
-    stacked = torch.stack([v.detach() for v in values])
-    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
-    return tuple(stacked.unbind())
+        return local[0], local[1]
+    gathered = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(gathered, local)
+    stacked = torch.stack(gathered)
+    return torch.logsumexp(stacked[:, 0], 0), stacked[:, 1].sum()

@@ -56,7 +56,7 @@ from ._eval_attacks import (
     pgd,
     robust_to_all,
 )
-from .attack import frozen_for_attack
+from .attack import NORMS, frozen_for_attack
 
 __all__ = [
     "ATTACKS",
@@ -75,9 +75,9 @@ NumExamples = Union[int, Mapping[str, int], None]
 
 
 class _Attack(NamedTuple):
-    # (model, *, eps, clip, **options) -> run(x, y) -> robust mask; options checked here, once.
+    # (model, *, eps, clip, norm, **options) -> run(x, y) -> robust mask; options checked here, once.
     build: Callable[..., Callable[[Tensor, Tensor], Tensor]]
-    defaults: Callable[[float], Dict[str, Any]]  # ε -> the attack's options
+    defaults: Callable[[float, str], Dict[str, Any]]  # ε, norm -> the attack's options
 
 
 def _pgd_defaults(
@@ -87,11 +87,14 @@ def _pgd_defaults(
     restarts: int = 1,
     every_iterate: bool = False,
     **extra: Any,
-) -> Callable[[float], Dict[str, Any]]:
-    """PGD options as a function of ε; ``step_size=None`` is ε/4 (GAIRAT's PGD-20)."""
-    return lambda eps: dict(
+) -> Callable[[float, str], Dict[str, Any]]:
+    """PGD options as a function of ε and the norm; ``step_size=None`` is ε/4 (GAIRAT's PGD-20).
+
+    A fixed ``step_size`` is an ℓ∞ number (PGD+'s 0.01 for ε = 0.031): under ℓ2 every step is ε/4.
+    """
+    return lambda eps, norm: dict(
         steps=steps,
-        step_size=eps / 4 if step_size is None else step_size,
+        step_size=eps / 4 if step_size is None or norm == "l2" else step_size,
         restarts=restarts,
         random_start="uniform",
         every_iterate=every_iterate,
@@ -99,7 +102,7 @@ def _pgd_defaults(
     )
 
 
-def _lm_pgd_defaults(eps: float) -> Dict[str, Any]:
+def _lm_pgd_defaults(eps: float, norm: str) -> Dict[str, Any]:
     """MAIL Figure 1a at ε = 8/255: α_max = 6/255 = 0.75·ε, α_min = 4/255 (``None``: ⅔·α_max)."""
     return dict(
         steps=50,
@@ -116,7 +119,7 @@ def _lm_pgd_defaults(eps: float) -> Dict[str, Any]:
 
 
 _REGISTRY: Dict[str, _Attack] = {
-    "natural": _Attack(natural, lambda eps: {}),
+    "natural": _Attack(natural, lambda eps, norm: {}),
     "pgd20": _Attack(pgd, _pgd_defaults(20, loss="ce")),
     "pgd100": _Attack(pgd, _pgd_defaults(100, loss="ce")),
     "pgd+": _Attack(pgd, _pgd_defaults(40, 0.01, restarts=5, every_iterate=True, loss="ce")),
@@ -127,9 +130,9 @@ _REGISTRY: Dict[str, _Attack] = {
     "lm-pgd": _Attack(lm_pgd, _lm_pgd_defaults),
     "apgd-ce": _Attack(
         functools.partial(autoattack, version="custom", attacks=("apgd-ce",)),
-        lambda eps: dict(restarts=1, seed=0),
+        lambda eps, norm: dict(restarts=1, seed=0),
     ),
-    "aa": _Attack(autoattack, lambda eps: dict(version="standard", seed=0)),
+    "aa": _Attack(autoattack, lambda eps, norm: dict(version="standard", seed=0, attacks=None)),
 }
 
 ATTACKS: Tuple[str, ...] = tuple(_REGISTRY)
@@ -137,12 +140,13 @@ ATTACKS: Tuple[str, ...] = tuple(_REGISTRY)
 
 
 class Protocol(NamedTuple):
-    """A named evaluation setting: ε, attacks, per-attack options and per-attack subset sizes."""
+    """A named evaluation setting: ε, attacks, per-attack options, per-attack subset sizes, norm."""
 
     eps: float
     attacks: Tuple[str, ...]
     options: Mapping[str, Mapping[str, Any]] = {}
     num_examples: Mapping[str, int] = {}
+    norm: str = "linf"
 
 
 _MAIL_STEP = {"step_size": 0.003}
@@ -158,6 +162,8 @@ PROTOCOLS: Dict[str, Protocol] = {
     ),
     # RobustBench: ε = 8/255 on every test image.
     "robustbench": Protocol(8 / 255, ("natural", "pgd20", "pgd20-ls", "aa")),
+    # RobustBench's ℓ2 track: ε = 0.5 on every test image.
+    "robustbench-l2": Protocol(0.5, ("natural", "pgd20", "pgd20-ls", "aa"), norm="l2"),
 }
 """Protocol presets by name; every field can be overridden in :func:`evaluate`."""
 
@@ -176,6 +182,7 @@ def robust_masks(
     batch_size: int = 256,
     clip: Clip = (0.0, 1.0),
     progress: bool = False,
+    norm: Optional[str] = None,
 ) -> Dict[str, Tensor]:
     r"""Per-example robustness under each attack: the masks :func:`evaluate` averages.
 
@@ -218,10 +225,13 @@ def robust_masks(
         options=options,
         num_examples=num_examples,
         clip=clip,
+        norm=norm,
     )
     # Built once, before any work: a bad option value (or a missing extra) fails here.
     runs = {
-        name: _REGISTRY[name].build(model, eps=config["eps"], clip=clip, **params)
+        name: _REGISTRY[name].build(
+            model, eps=config["eps"], clip=clip, norm=config["norm"], **params
+        )
         for name, params in config["attacks"].items()
     }
     sizes = config["num_examples"]
@@ -261,6 +271,7 @@ def evaluate(
     batch_size: int = 256,
     clip: Clip = (0.0, 1.0),
     progress: bool = True,
+    norm: Optional[str] = None,
 ) -> Dict[str, float]:
     r"""Accuracy under each attack: the columns of the GAIRAT and MAIL tables for your model.
 
@@ -278,7 +289,8 @@ def evaluate(
     start; ``"pgd+"``: 5 restarts × 40 steps of 0.01, every iterate must be correct; ``"cw"``: 30
     steps of ε/4 on the CW margin (confidence 50); ``"pgd20-ls"``: PGD-20 on CE(α·logits) for
     α ∈ {1e-4, …, 10}, robust only for every α; ``"lm-pgd"``: :class:`LineSearchMomentumPGD`;
-    ``"apgd-ce"`` and ``"aa"`` (AutoAttack standard) through ``pyautoattack``.
+    ``"apgd-ce"`` and ``"aa"`` (AutoAttack standard; ``{"aa": {"version": "custom", "attacks":
+    ["apgd-ce", "apgd-t"]}}`` runs a subset of its attacks) through ``pyautoattack``.
 
     Args:
         model: classifier returning logits ``(N, C)``, float32 parameters, inputs in ``clip``.
@@ -286,14 +298,17 @@ def evaluate(
             ``(x, y, ...)`` batches such as a ``DataLoader``; batches move to the model's device.
         attacks: attack names (see :data:`ATTACKS`); ``None`` for the protocol's, else
             ``("natural", "pgd20", "pgd20-ls", "aa")``.
-        eps: ℓ∞ radius ε on the input scale; ``None`` for the protocol's, else 8/255.
-        protocol: ``"gairat"``, ``"mail"``, ``"robustbench"`` or ``None``.
+        eps: radius ε of the ``norm`` ball on the input scale; ``None`` for the protocol's, else
+            8/255.
+        protocol: ``"gairat"``, ``"mail"``, ``"robustbench"``, ``"robustbench-l2"`` or ``None``.
         options: per-attack overrides, e.g. ``{"pgd20": {"step_size": 0.003}}``.
         num_examples: evaluate only the first ``n`` examples: an int for every attack, or per
             attack, e.g. ``{"aa": 1000}`` (MAIL); ``None`` for all (or the protocol's).
         batch_size: chunk size for an ``(x, y)`` pair (a DataLoader keeps its own).
         clip: input box, ``None`` for inputs that are not images (not for AutoAttack).
         progress: show a progress bar (tqdm if installed, else a line on stderr).
+        norm: the threat model, ``"linf"`` or ``"l2"`` (every attack but ``"lm-pgd"``; under ℓ2
+            every PGD step is ε/4); ``None`` for the protocol's, else ``"linf"``.
 
     Returns:
         ``{attack: accuracy in [0, 1]}`` as plain floats (JSON-serialisable), in ``attacks`` order.
@@ -325,6 +340,7 @@ def evaluate(
         batch_size=batch_size,
         clip=clip,
         progress=progress,
+        norm=norm,
     )
     return {name: int(mask.sum()) / mask.numel() for name, mask in masks.items()}
 
@@ -339,6 +355,7 @@ def robust_accuracy(
     batch_size: int = 256,
     clip: Clip = (0.0, 1.0),
     progress: bool = False,
+    norm: str = "linf",
     **overrides: Any,
 ) -> float:
     r"""Accuracy of ``model`` on ``(x, y)`` under one attack, e.g. ``attack="pgd+"``.
@@ -352,10 +369,11 @@ def robust_accuracy(
         x: inputs inside ``clip``.
         y: class indices.
         attack: one of :data:`ATTACKS`.
-        eps: ℓ∞ radius ε.
+        eps: radius ε of the ``norm`` ball.
         batch_size: examples per attack call.
         clip: input box.
         progress: show a progress bar.
+        norm: ``"linf"`` or ``"l2"``.
         **overrides: the attack's options (see :func:`settings`), e.g. ``steps=50``.
 
     Shape:
@@ -385,6 +403,7 @@ def robust_accuracy(
         batch_size=batch_size,
         clip=clip,
         progress=progress,
+        norm=norm,
     )
     return result[attack]
 
@@ -397,13 +416,14 @@ def settings(
     options: Optional[Options] = None,
     num_examples: NumExamples = None,
     clip: Clip = (0.0, 1.0),
+    norm: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The settings :func:`evaluate` would run with these arguments, to inspect or to record.
 
     Args: as :func:`evaluate`.
 
     Returns:
-        ``{"eps": ε, "attacks": {name: options}, "num_examples": {name: n or None}}``.
+        ``{"eps": ε, "norm": norm, "attacks": {name: options}, "num_examples": {name: n or None}}``.
 
     Raises:
         ValueError: on an unknown attack, protocol or option name, or a bad ``eps``.
@@ -418,13 +438,14 @@ def settings(
         if protocol is None
         else PROTOCOLS[check_choice(protocol, "protocol", tuple(PROTOCOLS))]
     )
-    eps_ = _check_eps(preset.eps if eps is None else eps, check_clip(clip))
+    norm_ = check_choice(preset.norm if norm is None else norm, "norm", NORMS)
+    eps_ = _check_eps(preset.eps if eps is None else eps, check_clip(clip), norm_)
     names = _check_names(preset.attacks if attacks is None else attacks)
     user = _check_mapping(options, "options", names)
     limits = {**preset.num_examples, **_num_examples(num_examples, names)}
     resolved = {}
     for name in names:
-        params = _REGISTRY[name].defaults(eps_)
+        params = _REGISTRY[name].defaults(eps_, norm_)
         given = {**preset.options.get(name, {}), **user.get(name, {})}
         unknown = sorted(set(given) - set(params))
         if unknown:
@@ -434,14 +455,16 @@ def settings(
         resolved[name] = {**params, **given}
     return {
         "eps": eps_,
+        "norm": norm_,
         "attacks": resolved,
         "num_examples": {name: limits.get(name) for name in names},
     }
 
 
-def _check_eps(eps: object, clip: Clip) -> float:
+def _check_eps(eps: object, clip: Clip, norm: str) -> float:
     eps_ = check_number(eps, "eps", minimum=0.0, strict=True)
-    if clip is not None and eps_ > clip[1] - clip[0]:
+    # An ℓ2 radius may exceed the range of one feature (it spans all of them).
+    if clip is not None and norm == "linf" and eps_ > clip[1] - clip[0]:
         raise ValueError(
             f"Expected `eps` on the input scale, at most {clip[1] - clip[0]:g} for inputs in "
             f"[{clip[0]:g}, {clip[1]:g}], got {eps_:g}; 8/255 ≈ 0.0314 is the usual radius, not 8."

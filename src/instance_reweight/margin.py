@@ -5,20 +5,40 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_labels, check_logits, labels_in_range, raise_if_invalid
+from ._checks import DeferredChecks, check_choice, check_labels, check_logits
 
 __all__ = ["ProbabilisticMargin", "probabilistic_margin", "probabilistic_margin_dif"]
 
 _SPACES = ("prob", "logit")
 
 
-def _scores(logits: Tensor, y: Tensor, space: str) -> Tensor:
-    """Probabilities or logits in float32, after checking labels and logits (one synchronisation)."""
+def _checked(y: Tensor, *logits: Tensor) -> None:
+    """Labels in range and finite logits, read with one host synchronisation."""
+    checks = DeferredChecks()
+    for z in logits:
+        checks.add_labels_and_logits(y, z.shape[1], torch.isfinite(z).all())
+    checks.verify()
+
+
+def _scores(logits: Tensor, space: str) -> Tensor:
     z = logits.detach().float()
-    raise_if_invalid(
-        labels_in_range(y, z.shape[1]), torch.isfinite(z).all(), y, z.shape[1], "logits"
-    )
     return z.softmax(dim=1) if space == "prob" else z
+
+
+def margin_of(logits: Tensor, y: Tensor, space: str = "prob") -> Tensor:
+    """PM of checked (or, inside a training step, still to be checked) logits and in-range labels."""
+    s = _scores(logits, space)
+    true = s.gather(1, y[:, None]).squeeze(1)
+    runner_up = s.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return true - runner_up
+
+
+def margin_dif_of(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, space: str = "prob") -> Tensor:
+    """PM_dif of checked logits and in-range labels (see :func:`margin_of`)."""
+    return (
+        _scores(logits_nat, space).gather(1, y[:, None])
+        - _scores(logits_adv, space).gather(1, y[:, None])
+    ).squeeze(1)
 
 
 @torch.no_grad()
@@ -52,10 +72,8 @@ def probabilistic_margin(logits: Tensor, y: Tensor, *, space: str = "prob") -> T
     check_choice(space, "space", _SPACES)
     logits = check_logits(logits)
     y = check_labels(y, logits.shape[0]).long()
-    s = _scores(logits, y, space)
-    true = s.gather(1, y[:, None]).squeeze(1)
-    runner_up = s.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-    return true - runner_up
+    _checked(y, logits)
+    return margin_of(logits, y, space)
 
 
 @torch.no_grad()
@@ -93,10 +111,8 @@ def probabilistic_margin_dif(
             f"Expected `logits_adv` of shape {tuple(logits_nat.shape)} like `logits_nat`, got {tuple(logits_adv.shape)}."
         )
     y = check_labels(y, logits_nat.shape[0]).long()
-    return (
-        _scores(logits_nat, y, space).gather(1, y[:, None])
-        - _scores(logits_adv, y, space).gather(1, y[:, None])
-    ).squeeze(1)
+    _checked(y, logits_nat, logits_adv)
+    return margin_dif_of(logits_nat, logits_adv, y, space)
 
 
 class ProbabilisticMargin(nn.Module):

@@ -17,8 +17,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from ._checks import check_int, check_tensor
-from .loss import instance_weights
 from .schemes import SchemeLike, resolve_scheme
+from .weighting import instance_weights
 
 __all__ = ["IndexedDataset", "InstanceReweightedSampler"]
 
@@ -63,7 +63,9 @@ class InstanceReweightedSampler(Sampler[int]):
         num_samples: indices drawn per epoch, with replacement (default: the number of examples).
         generator: the random generator of the draws.
         device: where the weights live; put them on the signal's device (e.g. ``"cuda"``) so that
-            :meth:`update` does not synchronise; they are copied to the CPU once per epoch.
+            :meth:`update` does not copy each batch's weights to the host; they are copied to the
+            CPU once per epoch, for the draws. :meth:`update` still synchronises the host (see
+            there).
         **scheme_params: the scheme's parameters (``steps``, ``lam``, ``slope``, ``bias``, ``alpha``).
 
     Raises:
@@ -87,8 +89,10 @@ class InstanceReweightedSampler(Sampler[int]):
         device: Union[str, torch.device] = "cpu",
         **scheme_params: Any,
     ) -> None:
-        size = data_source if isinstance(data_source, int) else len(data_source)
-        if isinstance(size, bool) or size < 1:
+        if not isinstance(data_source, Sized):
+            check_int(data_source, "data_source", 1, " (the number of examples) or a dataset")
+        size = len(data_source) if isinstance(data_source, Sized) else data_source
+        if size < 1:
             raise ValueError(
                 f"Expected a non-empty dataset (or a number of examples >= 1), got {size!r}."
             )
@@ -105,11 +109,6 @@ class InstanceReweightedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         weights = self.weights.cpu()  # once per epoch
-        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-            raise ValueError(
-                "Expected finite, non-negative sampling weights, got NaN, Inf or a negative value: check "
-                "the callable scheme."
-            )
         if not bool(weights.sum() > 0):  # every weight 0: uniform, as the loss falls back
             weights = torch.ones_like(weights)
         drawn = torch.multinomial(
@@ -121,6 +120,12 @@ class InstanceReweightedSampler(Sampler[int]):
         self, indices: Tensor, *, kappa: Optional[Tensor] = None, margin: Optional[Tensor] = None
     ) -> None:
         """Refresh the weights of the examples at ``indices`` from their κ or PM.
+
+        It synchronises the host: the signal's value checks (κ within ``[0, steps]``, finite PM, a
+        callable scheme's weights non-negative) are read together, as every
+        :class:`~instance_reweight.InstanceWeighting` call does, so that a bad signal raises rather
+        than silently skewing the draws; and indices on the CPU (where a DataLoader puts them) are
+        copied to the weights' device (a blocking copy on a GPU). Call it once per batch.
 
         Args:
             indices: dataset indices of the batch ``(N,)`` (the third item of :class:`IndexedDataset`).
@@ -171,6 +176,11 @@ class InstanceReweightedSampler(Sampler[int]):
             raise ValueError(
                 f"Expected saved weights of shape {tuple(self.weights.shape)} (the dataset size), got "
                 f"{tuple(weights.shape)}."
+            )
+        if not bool((torch.isfinite(weights) & (weights >= 0)).all()):
+            raise ValueError(
+                "Expected finite, non-negative saved weights, got NaN, Inf or a negative value; load "
+                "the state_dict() of an InstanceReweightedSampler."
             )
         self.weights.copy_(weights)
         self.scheme_params = resolve_scheme(self.scheme).params(state_dict["scheme_params"])

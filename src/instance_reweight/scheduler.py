@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
-from ._checks import check_int
+from ._checks import check_int, check_number
 from .loss import InstanceReweightedLoss
+from .weighting import InstanceWeighting
 
 __all__ = ["BurnInScheduler"]
 
 Lam = Union[float, Callable[[int], float]]
 
+_STATE_KEYS = ("burn_in_epochs", "lam", "last_epoch")
 
-def _lam_value(value: Any, epoch: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+
+def _lam_value(value: Any, epoch: int, name: str = "lam") -> float:
+    if isinstance(value, float) and math.isnan(value):
         raise ValueError(
-            f"Expected the λ schedule to give a number (+inf for uniform weights) at epoch {epoch}, got "
-            f"{value!r}; a linear ramp from λ_max = inf gives NaN (as in the official GAIRAT code): use a "
-            "finite λ_max."
+            f"Expected `{name}` to be a number (finite or +inf) at epoch {epoch}, got nan; a linear ramp "
+            "from λ_max = inf gives NaN (as in the official GAIRAT code): use a finite λ_max."
         )
-    return float(value)
+    return check_number(value, name, allow_inf=True, hint=f" at epoch {epoch}")
+
+
+def _weighting_of(target: object) -> InstanceWeighting:
+    """The weighting itself, or the one a loss holds (``InstanceReweightedLoss.weighting``)."""
+    weighting = (
+        target if isinstance(target, InstanceWeighting) else getattr(target, "weighting", None)
+    )
+    if not isinstance(weighting, InstanceWeighting):
+        raise TypeError(
+            "Expected `criterion` to be an InstanceWeighting or a loss holding one (an "
+            f"InstanceReweightedLoss), got {type(target).__name__}."
+        )
+    return weighting
 
 
 class BurnInScheduler:
-    r"""Switches an :class:`~instance_reweight.InstanceReweightedLoss` on after a burn-in period.
+    r"""Switches an :class:`~instance_reweight.InstanceWeighting` (or the loss holding one) on after a burn-in.
 
     Reweighting is active iff the 0-based epoch is ``>= burn_in_epochs``; before that every weight is
     1 (both papers' burn-in). GAIRAT's "60 epochs burn-in" is ``burn_in_epochs=60``: reweighting
@@ -34,15 +49,18 @@ class BurnInScheduler:
     call ``step(epoch)`` at the start of every epoch, or ``step()`` (next epoch) at its end.
 
     Args:
-        criterion: the loss to switch.
+        criterion: the :class:`~instance_reweight.InstanceWeighting` to switch, or a loss holding
+            one (an :class:`~instance_reweight.InstanceReweightedLoss`).
         burn_in_epochs: number of epochs without reweighting.
-        lam: GAIRAT's λ, set on the criterion's scheme while active: a number, or a callable
+        lam: GAIRAT's λ, set on the weighting's scheme while active: a number, or a callable
             ``epoch -> λ`` for a schedule (e.g. GAIRAT's piecewise
             ``lambda e: -1.0 if e < 90 else -2.0``). ``None`` leaves the scheme's ``lam`` alone.
 
     Raises:
-        TypeError: if ``criterion`` is not an :class:`~instance_reweight.InstanceReweightedLoss`.
-        ValueError: on a negative ``burn_in_epochs``, or ``lam`` for a scheme without λ.
+        TypeError: if ``criterion`` neither is nor holds an
+            :class:`~instance_reweight.InstanceWeighting`, or on a non-integer epoch or non-numeric λ.
+        ValueError: on a negative ``burn_in_epochs`` or epoch, a NaN λ, or ``lam`` for a scheme
+            without λ.
 
     Example:
         >>> import torch.nn as nn
@@ -53,25 +71,26 @@ class BurnInScheduler:
     """
 
     def __init__(
-        self, criterion: InstanceReweightedLoss, *, burn_in_epochs: int, lam: Optional[Lam] = None
+        self,
+        criterion: Union[InstanceWeighting, InstanceReweightedLoss],
+        *,
+        burn_in_epochs: int,
+        lam: Optional[Lam] = None,
     ) -> None:
-        if not isinstance(criterion, InstanceReweightedLoss):
-            raise TypeError(
-                f"Expected `criterion` to be an InstanceReweightedLoss, got {type(criterion).__name__}."
-            )
-        check_int(burn_in_epochs, "burn_in_epochs", 0)
-        if lam is not None and "lam" not in criterion.scheme_params:
-            raise ValueError(
-                f"Expected a scheme with a λ parameter for `lam=` (the GAIRAT schemes), got scheme "
-                f"{criterion.scheme.name!r}; drop `lam=`."
-            )
-        if lam is not None and not callable(lam):
-            lam = _lam_value(lam, 0)
-        self.criterion = criterion
-        self.burn_in_epochs = burn_in_epochs
-        self.lam = lam
+        self.weighting = _weighting_of(criterion)
+        self.burn_in_epochs = check_int(burn_in_epochs, "burn_in_epochs", 0)
+        if lam is not None:
+            self._check_has_lam()
+        self.lam = lam if lam is None or callable(lam) else _lam_value(lam, 0)
         self.last_epoch = 0
         self._apply()
+
+    def _check_has_lam(self) -> None:
+        if "lam" not in self.weighting.scheme_params:
+            raise ValueError(
+                f"Expected a scheme with a λ parameter for `lam=` (the GAIRAT schemes), got scheme "
+                f"{self.weighting.scheme.name!r}; drop `lam=`."
+            )
 
     @property
     def active(self) -> bool:
@@ -86,10 +105,10 @@ class BurnInScheduler:
         self._apply()
 
     def _apply(self) -> None:
-        self.criterion.active = self.active
+        self.weighting.active = self.active
         if self.active and self.lam is not None:
             lam = self.lam(self.last_epoch) if callable(self.lam) else self.lam
-            self.criterion.set_scheme_params(lam=_lam_value(lam, self.last_epoch))
+            self.weighting.set_scheme_params(lam=_lam_value(lam, self.last_epoch))
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain values only (loads under ``torch.load(weights_only=True)``); a callable λ is not saved."""
@@ -99,12 +118,32 @@ class BurnInScheduler:
             "lam": None if callable(self.lam) else self.lam,
         }
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restore the epoch (and a numeric λ) and re-apply them to the criterion."""
-        self.burn_in_epochs = int(state_dict["burn_in_epochs"])
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the epoch (and a numeric λ) and re-apply them to the weighting.
+
+        Every value is checked before any is applied: a bad state changes nothing.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                "Expected `state_dict` to be the dict of BurnInScheduler.state_dict(), got "
+                f"{type(state_dict).__name__}."
+            )
+        if set(state_dict) != set(_STATE_KEYS):
+            raise ValueError(
+                f"Expected `state_dict` with the keys {', '.join(_STATE_KEYS)} (from "
+                f"BurnInScheduler.state_dict()), got {sorted(map(str, state_dict))}."
+            )
+        burn_in_epochs = check_int(state_dict["burn_in_epochs"], "state_dict['burn_in_epochs']", 0)
+        last_epoch = check_int(
+            state_dict["last_epoch"], "state_dict['last_epoch']", 0, " (0-based)"
+        )
+        lam = state_dict["lam"]
+        if lam is not None and not callable(self.lam):
+            self._check_has_lam()
+            lam = _lam_value(lam, last_epoch, "state_dict['lam']")
+        self.burn_in_epochs, self.last_epoch = burn_in_epochs, last_epoch
         if not callable(self.lam):
-            self.lam = state_dict["lam"]
-        self.last_epoch = int(state_dict["last_epoch"])
+            self.lam = lam
         self._apply()
 
     def __repr__(self) -> str:

@@ -1,19 +1,20 @@
 """Weight assignment functions ω: from a signal (κ or PM) to raw, unnormalised instance weights.
 
 Each function takes the signal and the scheme's parameters and returns float32 weights without
-gradient. :data:`SCHEMES` names them for :class:`~instance_reweight.InstanceReweightedLoss`.
+gradient. :data:`SCHEMES` names them for :class:`~instance_reweight.InstanceWeighting`, which
+normalises their logarithms (they never underflow there).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_int
+from ._checks import check_int, check_number
 
 __all__ = [
     "SCHEMES",
@@ -34,18 +35,48 @@ def _float(signal: Tensor) -> Tensor:
     return signal.detach().float()
 
 
+def _log_gairat_tanh(kappa: Tensor, *, steps: int, lam: float) -> Tensor:
+    return F.logsigmoid(2.0 * (lam + 5.0 * (1.0 - 2.0 * _float(kappa) / steps)))
+
+
+def _log_gairat_sigmoid(kappa: Tensor, *, steps: int, lam: float) -> Tensor:
+    return F.logsigmoid(lam + 5.0 * (1.0 - 2.0 * _float(kappa) / steps))
+
+
+def _log_gairat_linear(kappa: Tensor, *, steps: int) -> Tensor:
+    return torch.log1p(-_float(kappa) / (steps + 1))
+
+
+def _log_mail_sigmoid(margin: Tensor, *, slope: float, bias: float) -> Tensor:
+    return F.logsigmoid(-slope * (_float(margin) - bias))
+
+
+def _log_hinge(margin: Tensor, *, slope: float, bias: float) -> Tensor:
+    return (slope * (_float(margin) - bias)).clamp(min=0.0).log()
+
+
+def _log_step(margin: Tensor, *, alpha: float, bias: float) -> Tensor:
+    m = _float(margin)
+    return torch.where(m > bias, torch.full_like(m, alpha), torch.full_like(m, 1.0 - alpha)).log()
+
+
+def _log_uniform(signal: Tensor) -> Tensor:
+    return torch.zeros(signal.shape, dtype=torch.float32, device=signal.device)
+
+
 @torch.no_grad()
 def gairat_tanh(kappa: Tensor, *, steps: int, lam: float) -> Tensor:
     r"""GAIRAT Eq. 6: :math:`\omega = \tfrac12\bigl(1 + \tanh(\lambda + 5(1 - 2\kappa/K))\bigr)`.
 
-    Computed as the identical :math:`\mathrm{sigmoid}(2(\lambda + 5(1 - 2\kappa/K)))`, which does not
-    underflow; ``lam=float("inf")`` gives uniform weights (standard AT).
+    Computed as the identical :math:`\mathrm{sigmoid}(2(\lambda + 5(1 - 2\kappa/K)))` (through its
+    logarithm, which the normalisation uses and which never underflows); ``lam=float("inf")`` gives
+    uniform weights (standard AT).
 
     Example:
         >>> gairat_tanh(torch.tensor([0, 5, 10]), steps=10, lam=0.0)
         tensor([9.9995e-01, 5.0000e-01, 4.5398e-05])
     """
-    return torch.sigmoid(2.0 * (lam + 5.0 * (1.0 - 2.0 * _float(kappa) / steps)))
+    return _log_gairat_tanh(kappa, steps=steps, lam=lam).exp()
 
 
 @torch.no_grad()
@@ -56,7 +87,7 @@ def gairat_sigmoid(kappa: Tensor, *, steps: int, lam: float) -> Tensor:
         >>> gairat_sigmoid(torch.tensor([5]), steps=10, lam=0.0)
         tensor([0.5000])
     """
-    return torch.sigmoid(lam + 5.0 * (1.0 - 2.0 * _float(kappa) / steps))
+    return _log_gairat_sigmoid(kappa, steps=steps, lam=lam).exp()
 
 
 @torch.no_grad()
@@ -67,7 +98,7 @@ def gairat_linear(kappa: Tensor, *, steps: int) -> Tensor:
         >>> gairat_linear(torch.tensor([0, 9]), steps=9)
         tensor([1.0000, 0.1000])
     """
-    return 1.0 - _float(kappa) / (steps + 1)
+    return _log_gairat_linear(kappa, steps=steps).exp()
 
 
 @torch.no_grad()
@@ -78,7 +109,7 @@ def mail_sigmoid(margin: Tensor, *, slope: float, bias: float) -> Tensor:
         >>> mail_sigmoid(torch.tensor([-0.5]), slope=10.0, bias=-0.5)
         tensor([0.5000])
     """
-    return torch.sigmoid(-slope * (_float(margin) - bias))
+    return _log_mail_sigmoid(margin, slope=slope, bias=bias).exp()
 
 
 @torch.no_grad()
@@ -92,7 +123,7 @@ def hinge(margin: Tensor, *, slope: float, bias: float) -> Tensor:
         >>> hinge(torch.tensor([-0.5, 0.5]), slope=2.0, bias=0.0)
         tensor([0., 1.])
     """
-    return (slope * (_float(margin) - bias)).clamp(min=0.0)
+    return _log_hinge(margin, slope=slope, bias=bias).exp()
 
 
 @torch.no_grad()
@@ -103,40 +134,15 @@ def step(margin: Tensor, *, alpha: float, bias: float) -> Tensor:
         >>> step(torch.tensor([-0.1, 0.1]), alpha=0.2, bias=0.0)
         tensor([0.8000, 0.2000])
     """
-    m = _float(margin)
-    return torch.where(m > bias, torch.full_like(m, alpha), torch.full_like(m, 1.0 - alpha))
-
-
-@torch.no_grad()
-def _uniform(signal: Tensor) -> Tensor:
-    return torch.ones(signal.shape, dtype=torch.float32, device=signal.device)
+    return _log_step(margin, alpha=alpha, bias=bias).exp()
 
 
 def _steps(value: Any) -> int:
     return check_int(value, "steps", 1, " (K, the attack's number of steps)")
 
 
-def _real(
-    name: str, *, allow_inf: bool = False, low: float = -math.inf, high: float = math.inf
-) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"Expected `{name}` to be a number, got {type(value).__name__}.")
-        value = float(value)
-        if (
-            math.isnan(value)
-            or value == -math.inf
-            or (value == math.inf and not allow_inf)
-            or not low <= value <= high
-        ):
-            bound = (
-                f"in [{low:g}, {high:g}]" if math.isfinite(low) or math.isfinite(high) else "finite"
-            )
-            extra = " (+inf allowed)" if allow_inf else ""
-            raise ValueError(f"Expected `{name}` {bound}{extra}, got {value}.")
-        return value
-
-    return check
+def _real(name: str, **bounds: Any) -> Callable[[Any], float]:
+    return lambda value: check_number(value, name, **bounds)
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,8 @@ class Scheme:
     name: str
     signal: Optional[str]
     """``"kappa"``, ``"margin"``, ``"any"`` (a callable: whichever is given) or ``None`` (reads none)."""
-    fn: Callable[..., Tensor]
+    log_fn: Callable[..., Tensor]
+    """``(signal, **params) -> log ω``: the logarithm of the raw weights, which cannot underflow."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
     checks: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
 
@@ -161,38 +168,75 @@ class Scheme:
         merged = {**self.defaults, **overrides}
         return {k: self.checks[k](v) for k, v in merged.items()}
 
+    def log_weights(self, signal: Tensor, params: Mapping[str, Any]) -> Tensor:
+        """log ω of ``signal`` under ``params``, float32, without gradient."""
+        with torch.no_grad():
+            return self.log_fn(signal, **params)
+
     def __call__(self, signal: Tensor, params: Mapping[str, Any]) -> Tensor:
-        return self.fn(signal, **params)
+        """The raw weights ω (which may underflow to 0; the normalisation reads log ω)."""
+        return self.log_weights(signal, params).exp()
 
 
 _KAPPA_CHECKS = {"steps": _steps, "lam": _real("lam", allow_inf=True)}
-_MARGIN_CHECKS = {"slope": _real("slope", low=0.0), "bias": _real("bias")}
+_MARGIN_CHECKS = {"slope": _real("slope", minimum=0.0), "bias": _real("bias")}
 
 # Defaults: GAIRAT's official code (K = 10, λ = −1); MAIL-AT for the sigmoid (γ = 10, β = −0.5);
 # MAIL-TRADES, where Table 6 ran, for the hinge and step (γ = 2, β = 0, α = 0.2).
-_GAIRAT = Scheme("gairat", "kappa", gairat_tanh, {"steps": 10, "lam": -1.0}, _KAPPA_CHECKS)
-_MAIL = Scheme("mail", "margin", mail_sigmoid, {"slope": 10.0, "bias": -0.5}, _MARGIN_CHECKS)
+_GAIRAT = Scheme("gairat", "kappa", _log_gairat_tanh, {"steps": 10, "lam": -1.0}, _KAPPA_CHECKS)
+_MAIL = Scheme("mail", "margin", _log_mail_sigmoid, {"slope": 10.0, "bias": -0.5}, _MARGIN_CHECKS)
 
 SCHEMES: Mapping[str, Scheme] = {
     "gairat": _GAIRAT,
     "gairat-tanh": _GAIRAT,
     "gairat-sigmoid": Scheme(
-        "gairat-sigmoid", "kappa", gairat_sigmoid, {"steps": 10, "lam": -1.0}, _KAPPA_CHECKS
+        "gairat-sigmoid", "kappa", _log_gairat_sigmoid, {"steps": 10, "lam": -1.0}, _KAPPA_CHECKS
     ),
-    "gairat-linear": Scheme("gairat-linear", "kappa", gairat_linear, {"steps": 10}, _KAPPA_CHECKS),
+    "gairat-linear": Scheme(
+        "gairat-linear", "kappa", _log_gairat_linear, {"steps": 10}, _KAPPA_CHECKS
+    ),
     "mail": _MAIL,
     "mail-sigmoid": _MAIL,
-    "hinge": Scheme("hinge", "margin", hinge, {"slope": 2.0, "bias": 0.0}, _MARGIN_CHECKS),
+    "hinge": Scheme("hinge", "margin", _log_hinge, {"slope": 2.0, "bias": 0.0}, _MARGIN_CHECKS),
     "step": Scheme(
         "step",
         "margin",
-        step,
+        _log_step,
         {"alpha": 0.2, "bias": 0.0},
-        {"alpha": _real("alpha", low=0.0, high=1.0), "bias": _real("bias")},
+        {"alpha": _real("alpha", minimum=0.0, maximum=1.0), "bias": _real("bias")},
     ),
-    "uniform": Scheme("uniform", None, _uniform),
+    "uniform": Scheme("uniform", None, _log_uniform),
 }
-"""Every named scheme (aliases included), as used by ``InstanceReweightedLoss(scheme=...)``."""
+"""Every named scheme (aliases included), as used by ``InstanceWeighting(scheme=...)``."""
+
+
+def _log_of_callable(scheme: Callable[[Tensor], Any], name: str) -> Callable[[Tensor], Tensor]:
+    """log ω of a user's ``signal -> raw weights``: its output must be a real tensor (or sequence)."""
+
+    def log_fn(signal: Tensor) -> Tensor:
+        out = scheme(signal)
+        raw = out if isinstance(out, Tensor) else _as_tensor(out, signal.device)
+        if raw is None or raw.dtype == torch.bool or raw.is_complex():
+            raise TypeError(
+                f"Expected the callable scheme {name!r} to return raw weights as a real tensor of shape "
+                f"({signal.shape[0]},), got {_describe(out)}; return e.g. "
+                "`torch.ones(signal.shape[0])`."
+            )
+        return raw.detach().to(device=signal.device, dtype=torch.float32).log()
+
+    return log_fn
+
+
+def _as_tensor(value: object, device: torch.device) -> Optional[Tensor]:
+    """``value`` as a tensor if it is a number or a sequence of numbers, else ``None``."""
+    try:
+        return torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _describe(value: object) -> str:
+    return f"a tensor of dtype {value.dtype}" if isinstance(value, Tensor) else repr(value)[:40]
 
 
 def resolve_scheme(scheme: SchemeLike) -> Scheme:
@@ -210,7 +254,7 @@ def resolve_scheme(scheme: SchemeLike) -> Scheme:
         return SCHEMES[scheme]
     if callable(scheme):
         name = getattr(scheme, "__name__", type(scheme).__name__)
-        return Scheme(name, "any", lambda signal: torch.as_tensor(scheme(signal)).detach().float())
+        return Scheme(name, "any", _log_of_callable(scheme, name))
     raise TypeError(
         f"Expected `scheme` to be a name or a callable signal -> weights, got {type(scheme).__name__}."
     )
