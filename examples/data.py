@@ -8,17 +8,22 @@ Pixels stay ``uint8`` until a batch is drawn, so a whole training set fits on th
 The recipe both papers follow (SPEC §4): random crop 32 with 4 pixels of zero padding and a random
 horizontal flip for CIFAR and SVHN; inputs in [0, 1]; no normalisation.
 
-Only files already on disk are read; nothing is downloaded. The CIFAR python pickles are read with
-:mod:`pickle`: only load files you trust.
+Only files already on disk are read; nothing is downloaded. The CIFAR python-layout pickles are read
+with a restricted unpickler that builds only what those files hold (dicts, lists, bytes, strings,
+numbers and numpy ``uint8`` arrays) and refuses anything else, so a hostile file in ``--data-root``
+cannot run code. A file that is truncated, not what its name says, or holds labels outside the data
+set's classes raises a ``ValueError`` that names it.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,8 +40,18 @@ _CIFAR10_UNPACK_HINT = (
 )
 
 
-def _to_dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
-    """Wraps numpy arrays as a contiguous ``uint8`` image tensor and an ``int64`` label tensor."""
+def _to_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, path: Path) -> Dataset:
+    """Wraps numpy arrays as a contiguous ``uint8`` image tensor and an ``int64`` label tensor, after
+    checking that every label of ``path`` is a class in ``0..num_classes - 1``."""
+    labels = np.asarray(labels).reshape(-1)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"Expected labels in 0..{num_classes - 1} in '{path}', got {labels[first]} at record "
+            f"{first} ({int(bad.sum())} such records). The file is corrupted or of another data set: "
+            "re-extract or re-unpack it."
+        )
     return (
         torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
         torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(-1)),
@@ -56,26 +71,68 @@ def _read_cifar_binary(path: Path) -> Dataset:
     """Reads one CIFAR-10 binary batch: records of 1 label byte + 3072 bytes (R, G, B planes)."""
     raw = np.fromfile(path, dtype=np.uint8)
     record = 1 + 3 * 32 * 32
-    if raw.size % record != 0:
+    if raw.size == 0 or raw.size % record != 0:
         raise ValueError(
             f"Expected '{path}' to hold whole CIFAR-10 records of {record} bytes, got {raw.size} bytes "
-            f"({raw.size % record} left over). Re-extract or re-unpack the file."
+            f"({raw.size % record} left over). It is empty or truncated: re-extract or re-unpack it."
         )
     records = raw.reshape(-1, record)
-    return _to_dataset(records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0])
+    return _to_dataset(records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0], 10, path)
 
 
-def _read_cifar_pickle(path: Path, label_key: bytes) -> Dataset:
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles of ``bytes`` use it, limited to Latin-1."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(
+            f"Expected bytes encoded as latin1, got encoding {encoding!r}."
+        )
+    return codecs.encode(text, "latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, bytes, strings, numbers and numpy arrays; refuses every other global.
+
+    The CIFAR python-layout files (pickled by Python 2 with numpy) need nothing else; a pickle that
+    names ``os.system`` or any other callable is refused before it is called.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"Expected only numpy arrays, dicts, lists, bytes and numbers, got a reference to "
+            f"{module}.{name}"
+        )
+
+
+def _read_cifar_pickle(path: Path, label_key: bytes, num_classes: int) -> Dataset:
     """Reads one CIFAR python-layout pickle: ``b"data"`` is ``(N, 3072)`` uint8, R, G, B planes."""
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    if b"data" not in batch or label_key not in batch:
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
         raise ValueError(
-            f"Expected a CIFAR pickle with keys b'data' and {label_key!r} in '{path}', "
-            f"got keys {sorted(batch)}."
+            f"Expected a CIFAR python-layout batch in '{path}', got a file that is not one ({err}). "
+            "Re-extract it from the official archive, or use the binary layout (cifar-10-batches-bin)."
+        ) from err
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(
+            f"Expected a CIFAR pickle with keys b'data' and {label_key!r} in '{path}', got {keys}."
         )
     data = np.asarray(batch[b"data"], dtype=np.uint8)
-    return _to_dataset(data.reshape(-1, 3, 32, 32), np.asarray(batch[label_key]))
+    return _to_dataset(data.reshape(-1, 3, 32, 32), np.asarray(batch[label_key]), num_classes, path)
 
 
 def _concat(parts: list[Dataset]) -> Dataset:
@@ -99,6 +156,8 @@ def load_cifar10(root: PathLike, train: bool = True) -> Dataset:
     Raises:
         FileNotFoundError: if neither layout is found or a batch file is missing; the message says how
             to unpack the shipped copy.
+        ValueError: on an empty, truncated or corrupted batch file, a python-layout file whose
+            pickle references anything but numpy arrays, or a label outside 0..9.
     """
     root = Path(root)
     names = _cifar10_files(train)
@@ -106,7 +165,7 @@ def load_cifar10(root: PathLike, train: bool = True) -> Dataset:
         (folder, suffix, reader)
         for folder_name, suffix, reader in (
             ("cifar-10-batches-bin", ".bin", _read_cifar_binary),
-            ("cifar-10-batches-py", "", lambda path: _read_cifar_pickle(path, b"labels")),
+            ("cifar-10-batches-py", "", lambda path: _read_cifar_pickle(path, b"labels", 10)),
         )
         for folder in (root / folder_name, root)
     ]
@@ -136,12 +195,14 @@ def load_cifar100(root: PathLike, train: bool = True) -> Dataset:
 
     Raises:
         FileNotFoundError: if the pickle is missing.
+        ValueError: on a corrupted file, a pickle that references anything but numpy arrays, or a
+            label outside 0..99.
     """
     root = Path(root)
     name = "train" if train else "test"
     for folder in (root / "cifar-100-python", root):
         if (folder / name).is_file():
-            return _read_cifar_pickle(folder / name, b"fine_labels")
+            return _read_cifar_pickle(folder / name, b"fine_labels", 100)
     raise _missing(
         "CIFAR-100 python-layout",
         root / "cifar-100-python" / name,
@@ -175,15 +236,27 @@ def load_svhn(root: PathLike, train: bool = True) -> Dataset:
     mat = loadmat(str(path))
     images = np.asarray(mat["X"]).transpose(3, 2, 0, 1)  # (32, 32, 3, N) -> (N, 3, 32, 32)
     labels = np.asarray(mat["y"]).reshape(-1) % 10  # SVHN stores digit 0 as label 10
-    return _to_dataset(images, labels)
+    return _to_dataset(images, labels, 10, path)
 
 
 def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     """Reads an IDX file (plain or gzip, told apart by content) after checking its magic number."""
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
-    with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(
+            f"Expected a complete gzip file at '{path}', got one that does not decompress ({err}). "
+            "It is truncated or corrupted: download or copy it again."
+        ) from err
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(
+            f"Expected an IDX file of at least {header} bytes at '{path}', got {len(data)} bytes. "
+            "It is truncated or empty: download or copy it again."
+        )
     (found,) = struct.unpack(">i", data[:4])
     if found != magic:
         raise ValueError(
@@ -194,7 +267,8 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     array = np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
         raise ValueError(
-            f"Expected {int(np.prod(shape))} values of shape {shape} in '{path}', got {array.size}."
+            f"Expected {int(np.prod(shape))} values of shape {shape} in '{path}', got {array.size}. "
+            "It is truncated or corrupted: download or copy it again."
         )
     return array.reshape(shape)
 
@@ -218,18 +292,20 @@ def load_mnist(root: PathLike, train: bool = True) -> Dataset:
 
     Raises:
         FileNotFoundError: if a file is missing.
-        ValueError: on a wrong magic number or a truncated file.
+        ValueError: on a wrong magic number, a truncated, empty or corrupted (``.gz``) file, or a
+            label outside 0..9.
     """
     root = Path(root)
     prefix = "train" if train else "t10k"
     images = _read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"), magic=2051, ndim=3)
-    labels = _read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"), magic=2049, ndim=1)
+    labels_path = _find_idx(root, f"{prefix}-labels-idx1-ubyte")
+    labels = _read_idx(labels_path, magic=2049, ndim=1)
     if images.shape[0] != labels.shape[0]:
         raise ValueError(
             f"Expected as many MNIST labels as images in '{root}', got {labels.shape[0]} labels "
             f"for {images.shape[0]} images."
         )
-    return _to_dataset(images[:, None], labels)
+    return _to_dataset(images[:, None], labels, 10, labels_path)
 
 
 _LOADERS: dict[str, Callable[[PathLike, bool], Dataset]] = {
@@ -279,23 +355,63 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[key]
 
 
-def load_dataset(name: str, root: PathLike, train: bool = True) -> Dataset:
+def load_dataset(
+    name: str, root: PathLike, train: bool = True, size: Optional[int] = None
+) -> Dataset:
     """Loads a data set by name: ``"cifar10"``, ``"cifar100"``, ``"svhn"`` or ``"mnist"``.
 
     Args:
         name: the data set's name (case-insensitive).
         root: the folder the loader searches (see each ``load_*`` function).
         train: the training split if True, else the test split.
+        size: keep a fixed class-balanced subset of this many examples (:func:`balanced_subset`);
+            ``None`` keeps them all.
 
     Returns:
         ``(images, labels)``: ``uint8`` ``(N, C, H, W)`` and ``int64`` ``(N,)``.
 
     Raises:
-        ValueError: on an unknown name; the message lists the valid ones.
+        ValueError: on an unknown name (the message lists the valid ones), or a ``size`` the split
+            cannot give.
         FileNotFoundError: if the expected files are not under ``root``.
     """
-    dataset_info(name)
-    return _LOADERS[name.lower()](root, train)
+    info = dataset_info(name)
+    dataset = _LOADERS[name.lower()](root, train)
+    return dataset if size is None else balanced_subset(dataset, size, info.num_classes)
+
+
+def balanced_subset(dataset: Dataset, size: int, num_classes: int) -> Dataset:
+    """A fixed class-balanced subset: ``size // C`` examples of each class (one more for the first
+    ``size % C`` classes), drawn by a permutation seeded with 0, so it depends on ``size`` alone
+    (every run, seed and row of a study trains on the same examples). Kept in data-set order.
+
+    Raises:
+        ValueError: if ``size`` is not in ``1..len(dataset)`` or a class has too few examples.
+
+    Example:
+        >>> images, labels = torch.zeros(6, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 0, 1, 1, 1])
+        >>> balanced_subset((images, labels), 4, 2)[1].tolist()
+        [0, 0, 1, 1]
+    """
+    images, labels = dataset
+    if not 1 <= size <= labels.numel():
+        raise ValueError(
+            f"Expected a subset size in 1..{labels.numel()} (the split's size), got {size}."
+        )
+    quota = torch.full((num_classes,), size // num_classes)
+    quota[: size % num_classes] += 1
+    counts = torch.bincount(labels, minlength=num_classes)
+    if bool((counts < quota).any()):
+        raise ValueError(
+            f"Expected at least {quota.tolist()} examples per class for a balanced subset of {size}, "
+            f"got {counts.tolist()}; ask for a smaller size."
+        )
+    order = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(0))
+    by_class = order[torch.sort(labels[order], stable=True).indices]
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(labels.numel()) - starts[labels[by_class]]
+    keep = torch.sort(by_class[rank < quota[labels[by_class]]]).values
+    return images[keep], labels[keep]
 
 
 class CropFlipParams(NamedTuple):

@@ -19,14 +19,73 @@ import argparse
 import json
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import training
 from data import DeviceLoader, load_dataset
+from torch import nn
 
 from instance_reweight import evaluation
+
+# Attacks that need an optional package: checked before any work, not when their turn comes.
+OPTIONAL_PACKAGES = {"aa": "pyautoattack", "apgd-ce": "pyautoattack"}
+
+
+def check_optional_packages(attacks: Sequence[str]) -> None:
+    """Raises ``ImportError`` naming the package and the install command if an attack needs a
+    package that is not installed."""
+    missing = {a: OPTIONAL_PACKAGES[a] for a in attacks if a in OPTIONAL_PACKAGES}
+    missing = {a: package for a, package in missing.items() if find_spec(package) is None}
+    if missing:
+        packages = sorted(set(missing.values()))
+        raise ImportError(
+            f"Expected the optional package {', '.join(packages)} for the attacks "
+            f"{', '.join(missing)}, got it not installed. Install it with "
+            "pip install 'instance-reweight[evaluation]' (pyautoattack==0.2.0), or leave those "
+            "attacks out with --attacks."
+        )
+
+
+def trained_params(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The hyper-parameters the checkpoint's run trained with (ε, clip, ...; its overrides applied)."""
+    config = training.TrainConfig.from_dict(state["config"])
+    return dict(training.make_method(config, nn.Linear(1, 1)).params)
+
+
+def resolve_threat(
+    state: Dict[str, Any],
+    eps: Union[float, str, None],
+    protocol: Optional[str],
+    norm: Optional[str] = None,
+) -> Tuple[float, str, str]:
+    """``(ε, norm, where they came from)``: the protocol's ball for ``eps="protocol"``, else ``eps``
+    if a number, else the ε the checkpoint's run trained with; the norm is ``norm`` if given, else
+    the one that goes with ε (the protocol's, or the run's)."""
+    trained = trained_params(state)
+    if eps == "protocol":
+        preset = evaluation.settings(protocol=protocol, attacks=("natural",))
+        return float(preset["eps"]), norm or preset["norm"], f"protocol {protocol or 'default'}"
+    norm = norm or trained.get("norm", "linf")
+    if eps is None:
+        return float(trained["eps"]), norm, "the checkpoint's training config"
+    return float(eps), norm, "--eps"
+
+
+def eps_tag(eps: float) -> str:
+    """ε for a file name: ``8-255`` for 8/255, else ``0.031``."""
+    pixels = eps * 255
+    return f"{round(pixels)}-255" if abs(pixels - round(pixels)) < 1e-6 else f"{eps:g}"
+
+
+def default_out(checkpoint: Path, protocol: Optional[str], eps: float, norm: str = "linf") -> Path:
+    """``eval-<last|best>-<protocol>-eps<ε>.json`` beside the checkpoint: one file per protocol
+    and ε, so a second evaluation never overwrites the first."""
+    stem = checkpoint.stem.replace("checkpoint", "last")
+    ball = "" if norm == "linf" else f"-{norm}"
+    return checkpoint.with_name(f"eval-{stem}-{protocol or 'default'}{ball}-eps{eps_tag(eps)}.json")
 
 
 def evaluate_checkpoint(
@@ -35,7 +94,8 @@ def evaluate_checkpoint(
     data_root: str,
     protocol: Optional[str] = None,
     attacks: Optional[Sequence[str]] = None,
-    eps: Optional[float] = None,
+    eps: Union[float, str, None] = None,
+    norm: Optional[str] = None,
     options: Optional[Dict[str, Dict[str, Any]]] = None,
     num_examples: Optional[int] = None,
     batch_size: int = 500,
@@ -43,6 +103,7 @@ def evaluate_checkpoint(
     out: Optional[Path] = None,
     max_minutes: Optional[float] = None,
     progress: bool = True,
+    state: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Evaluates one checkpoint; returns (and writes to ``out``, if given) the result record.
 
@@ -51,7 +112,10 @@ def evaluate_checkpoint(
         data_root: folder holding the data set the run was trained on.
         protocol: ``"gairat"``, ``"mail"``, ``"robustbench"`` or ``None`` (``ir.evaluation``'s default).
         attacks: attack names (default: the protocol's).
-        eps: ℓ∞ radius (default: the protocol's).
+        eps: radius: a number, ``None`` for the ε the checkpoint's run trained with, or
+            ``"protocol"`` for the protocol's (e.g. MAIL's 0.031, as ``reproduce.py`` uses).
+        norm: ``"linf"`` or ``"l2"`` (default: the protocol's with ``eps="protocol"``, else the
+            norm the run trained with).
         options: per-attack options, e.g. ``{"pgd20": {"step_size": 0.003}}``.
         num_examples: evaluate only the first ``n`` test images (default: the protocol's subsets).
         batch_size: examples per attack call.
@@ -59,30 +123,38 @@ def evaluate_checkpoint(
         out: JSON file to write after every attack; results already there are reused.
         max_minutes: start no attack after this many minutes (the record says ``"complete": false``).
         progress: show progress bars.
+        state: the checkpoint already loaded with :func:`training.load_checkpoint` (else it is).
 
     Returns:
-        ``{"checkpoint", "epoch", "config", "protocol", "settings", "accuracy": {attack: acc},
-        "seconds": {attack: s}, "complete", "device", "torch", ...}``.
+        ``{"checkpoint", "epoch", "config", "protocol", "eps_from", "settings", "accuracy":
+        {attack: acc}, "seconds": {attack: s}, "complete", "device", "torch", ...}``.
+
+    Raises:
+        ImportError: if an attack needs an optional package that is missing, before any work.
     """
     start = time.perf_counter()
-    state = training.load_checkpoint(checkpoint)
+    state = training.load_checkpoint(checkpoint) if state is None else state
     config = training.TrainConfig.from_dict(state["config"])
-    where = training.resolve_device(device)
-    model = training.model_from_checkpoint(state).to(where)
-    clip = config.overrides.get("clip", (0.0, 1.0))
+    clip = trained_params(state)["clip"]
+    eps_value, norm_value, eps_from = resolve_threat(state, eps, protocol, norm)
     settings = evaluation.settings(
         attacks=attacks,
-        eps=eps,
+        eps=eps_value,
+        norm=norm_value,
         protocol=protocol,
         options=options,
         num_examples=num_examples,
         clip=clip,
     )
+    check_optional_packages(list(settings["attacks"]))
+    where = training.resolve_device(device)
+    model = training.model_from_checkpoint(state).to(where)
     record: Dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "epoch": int(state["epoch"]),
         "config": state["config"],
         "protocol": protocol,
+        "eps_from": eps_from,
         "settings": settings,
         "accuracy": {},
         "seconds": {},
@@ -92,7 +164,7 @@ def evaluate_checkpoint(
         "torch": torch.__version__,
     }
     previous = _previous(out, record)
-    images, labels = load_dataset(config.data, data_root, train=False)
+    images, labels = load_dataset(config.data, data_root, train=False, size=config.test_size)
     loader = DeviceLoader(images, labels, batch_size=batch_size, shuffle=False, device=where)
     for name, params in settings["attacks"].items():
         if name in previous["accuracy"]:
@@ -108,6 +180,7 @@ def evaluate_checkpoint(
             loader,
             attacks=(name,),
             eps=settings["eps"],
+            norm=settings["norm"],
             options={name: params},
             num_examples=None if limit is None else {name: limit},
             batch_size=batch_size,
@@ -130,7 +203,8 @@ def _previous(out: Optional[Path], record: Dict[str, Any]) -> Dict[str, Any]:
         return {"accuracy": {}, "seconds": {}}
     old = json.loads(out.read_text())
     same_run = old.get("epoch") == record["epoch"] and old.get("config") == record["config"]
-    same = same_run and old.get("settings", {}).get("eps") == record["settings"]["eps"]
+    ball = ("eps", "norm")
+    same = same_run and all(old.get("settings", {}).get(k) == record["settings"][k] for k in ball)
     keep = [
         name
         for name, params in record["settings"]["attacks"].items()
@@ -154,7 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluation preset (default: natural, pgd20, pgd20-ls, aa at 8/255)",
     )
     parser.add_argument("--attacks", help=f"comma-separated, among {', '.join(evaluation.ATTACKS)}")
-    parser.add_argument("--eps", type=float, help="ℓ∞ radius (default: the protocol's)")
+    parser.add_argument(
+        "--eps",
+        type=_eps_arg,
+        help="radius, or 'protocol' for the protocol's (default: the ε the run trained with)",
+    )
+    parser.add_argument(
+        "--norm",
+        choices=evaluation.NORMS,
+        help="threat model (default: the protocol's with --eps protocol, else the run's)",
+    )
     parser.add_argument(
         "--options",
         type=json.loads,
@@ -162,10 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--num-examples", type=int, help="only the first N test images")
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--data-root", default="data")
+    parser.add_argument(
+        "--data-root", help="default: the run's own --data-root (its config.json), else data"
+    )
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument(
-        "--out", type=Path, help="JSON file (default: eval-<protocol>.json beside the checkpoint)"
+        "--out",
+        type=Path,
+        help="JSON file (default: eval-<last|best>-<protocol>-eps<ε>.json beside the checkpoint)",
     )
     parser.add_argument("--max-minutes", type=float, help="start no attack after this many minutes")
     parser.add_argument("--no-progress", action="store_true")
@@ -175,14 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Runs ``evaluate.py`` with ``argv``; returns the result record."""
     args = build_parser().parse_args(argv)
-    stem = args.checkpoint.stem.replace("checkpoint", "last")
-    out = args.out or args.checkpoint.with_name(f"eval-{stem}-{args.protocol or 'default'}.json")
+    state = training.load_checkpoint(args.checkpoint)
+    eps, norm, eps_from = resolve_threat(state, args.eps, args.protocol, args.norm)
+    out = args.out or default_out(args.checkpoint, args.protocol, eps, norm)
+    data_root = args.data_root or training.recorded_data_root(args.checkpoint.parent) or "data"
     record = evaluate_checkpoint(
         args.checkpoint,
-        data_root=args.data_root,
+        data_root=data_root,
         protocol=args.protocol,
         attacks=args.attacks.split(",") if args.attacks else None,
         eps=args.eps,
+        norm=args.norm,
         options=args.options,
         num_examples=args.num_examples,
         batch_size=args.batch_size,
@@ -190,11 +280,31 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         out=out,
         max_minutes=args.max_minutes,
         progress=not args.no_progress,
+        state=state,
     )
     accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in record["accuracy"].items())
-    state = "" if record["complete"] else " (incomplete: run again to continue)"
-    print(f"{args.checkpoint} (epoch {record['epoch']}): {accuracy}{state} -> {out}")
+    done = "" if record["complete"] else " (incomplete: run again to continue)"
+    print(
+        f"{args.checkpoint} (after epoch {record['epoch'] - 1}, 0-based), protocol "
+        f"{args.protocol or 'default'}, ε = {eps:.4g} ({_BALL[norm]}, "
+        f"{eps_tag(eps).replace('-', '/')}; from "
+        f"{eps_from}): {accuracy}{done} -> {out}"
+    )
     return record
+
+
+_BALL = {"linf": "ℓ∞", "l2": "ℓ2"}
+
+
+def _eps_arg(text: str) -> Union[float, str]:
+    if text == "protocol":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number (e.g. 0.0314) or 'protocol', got {text!r}"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -8,15 +8,19 @@ Examples::
 ``curves``: κ mean (×) and median (●) over epochs as in GAIRAT Figure 4 (bottom left), PM_adv mean and
 median for the MAIL methods, natural and PGD-20 accuracy on the monitored training (solid) and test
 (dashed) subsets (GAIRAT Figure 4, top), the training loss with the learning rate, and the spread of
-the instance weights. ``--histograms``: for one run, the distribution of κ, PM and log10 w over epochs
-as heat maps. Without matplotlib nothing is drawn and a message says so.
+the instance weights; panels no log has data for are left out. Runs branched from one prefix
+(``train.py --init-from``) share its log records: the prefix is drawn once, in black or grey and
+labelled with its runs, and each run from its branch point. ``--histograms``: for one run, the distribution of κ, PM and log10 w over
+epochs as heat maps. Epochs are 0-based, as in ``log.jsonl``. Every figure's path is printed;
+without matplotlib nothing is drawn and a message says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from training import WEIGHT_BINS, read_log
 
@@ -36,80 +40,136 @@ def import_pyplot(what: str) -> Any:
     return plt
 
 
-def save_figure(fig: Any, out: Path, dpi: int = 120) -> Path:
-    """Lays ``fig`` out, writes it to ``out`` (creating the folder) and closes it."""
+def save_figure(fig: Any, out: Path, dpi: int = 120, note: str = "") -> Path:
+    """Lays ``fig`` out (with ``note`` as a caption under it), writes it to ``out`` (creating the
+    folder), closes it, and prints where it went."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if note:
+        fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=9, wrap=True)
+    fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    fig.savefig(out, dpi=dpi, bbox_inches="tight")  # "tight" keeps a legend beside the axes
     plt.close(fig)
+    print(f"figure: {out}")
     return out
 
 
-def _series(log: Log, key: str) -> tuple[list[int], list[float]]:
-    points = [(r["epoch"] + 1, r[key]) for r in log if key in r]
+def integer_epochs(ax: Any) -> None:
+    """Epoch axes tick at whole (0-based) epochs only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlabel("epoch (0-based)")
+
+
+def _series(log: Log, key: str) -> Tuple[List[int], List[float]]:
+    points = [(r["epoch"], r[key]) for r in log if key in r]
     return [e for e, _ in points], [v for _, v in points]
 
 
+def shared_prefixes(logs: Dict[str, Log]) -> Tuple[List[Tuple[List[str], Log]], Dict[str, Log]]:
+    """Splits runs branched from a common prefix (``train.py --init-from`` copies the prefix's log
+    records) into the distinct shared prefixes and each run's own part.
+
+    A run's prefix is the longest run of leading records it shares, record for record, with another
+    log. Its own part starts at the last shared record, so its curve continues from the branch point.
+
+    Returns:
+        ``(prefixes, own)``: each distinct shared prefix once, with the labels of the runs that
+        branch from it, and every run's records from its branch point on (all of them for a run
+        that shares nothing).
+    """
+
+    def common(a: Log, b: Log) -> int:
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    prefixes: Dict[str, Tuple[List[str], Log]] = {}
+    own: Dict[str, Log] = {}
+    for label, log in logs.items():
+        shared = max((common(log, other) for k, other in logs.items() if k != label), default=0)
+        if shared:
+            key = json.dumps(log[:shared], sort_keys=True)
+            prefixes.setdefault(key, ([], log[:shared]))[0].append(label)
+        own[label] = log[max(shared - 1, 0) :]
+    return list(prefixes.values()), own
+
+
+# (y label, title, [(log key, marker, line style, what it is)], scale)
+_PANELS: Tuple[Tuple[str, str, Tuple[Tuple[str, str, str, str], ...], float], ...] = (
+    ("κ", "geometry value κ: median ●, mean ×",
+     (("kappa_median", "o", "-", "median"), ("kappa_mean", "x", "-", "mean")), 1.0),
+    ("PM", "PM_adv: median ●, mean ×",
+     (("margin_median", "o", "-", "median"), ("margin_mean", "x", "-", "mean")), 1.0),
+    ("w", "instance weights w (normalised): max —, std ··, min --",
+     (("weight_max", ".", "-", "max"), ("weight_std", ".", ":", "std"),
+      ("weight_min", ".", "--", "min")), 1.0),
+    ("%", "natural accuracy: train —, test --",
+     (("train_nat_acc", ".", "-", "train"), ("test_nat_acc", ".", "--", "test")), 100.0),
+    ("%", "PGD-20 accuracy: train —, test --",
+     (("train_pgd_acc", ".", "-", "train"), ("test_pgd_acc", ".", "--", "test")), 100.0),
+    ("loss", "training loss (learning rate grey)", (("loss", ".", "-", ""),), 1.0),
+)  # fmt: skip
+
+
 def plot_curves(logs: Dict[str, Log], out: Path) -> Optional[Path]:
-    """Learning curves of several runs, one colour each (see the module docstring)."""
+    """Learning curves of several runs, one colour each (see the module docstring).
+
+    A prefix that branched runs share is drawn once, in black or grey and labelled with the runs
+    that branch from it, and each run from its branch point. Panels with no data in any log (PM for runs without MAIL, weights for runs without
+    reweighting) are left out; every point carries a marker, so a one-epoch series shows.
+    """
     plt = import_pyplot(f"the learning curves ({out})")
     if plt is None:
         return None
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    (kappa, margin, weights), (nat, pgd, loss) = axes
-    for i, (label, log) in enumerate(logs.items()):
-        colour = f"C{i}"
-        for ax, key, marker in (
-            (kappa, "kappa_median", "o"),
-            (kappa, "kappa_mean", "x"),
-            (margin, "margin_median", "o"),
-            (margin, "margin_mean", "x"),
-        ):
-            x, y = _series(log, key)
-            if x:
-                ax.plot(
-                    x,
-                    y,
-                    marker=marker,
-                    ms=3,
-                    lw=1,
-                    color=colour,
-                    label=f"{label} {key.split('_')[1]}",
-                )
-        for ax, metric in ((nat, "nat"), (pgd, "pgd")):
-            for subset, style in (("train", "-"), ("test", "--")):
-                x, y = _series(log, f"{subset}_{metric}_acc")
+    prefixes, own = shared_prefixes(logs)
+    greys = ("k", "0.4", "0.65")  # one shade per shared prefix, labelled by its branches
+    lines = [
+        (f"prefix of {', '.join(runs)}", log, greys[i % len(greys)])
+        for i, (runs, log) in enumerate(prefixes)
+    ]
+    colours = [f"C{i}" for i in range(10) if i != 7]  # C7 is grey, left to the prefixes
+    lines += [(label, log, colours[i % len(colours)]) for i, (label, log) in enumerate(own.items())]
+    panels = [
+        panel
+        for panel in _PANELS
+        if any(key in r for log in logs.values() for r in log for key, *_ in panel[2])
+    ]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(panels) :]:
+        fig.delaxes(ax)
+    for ax, (ylabel, title, series, scale) in zip(axes, panels):
+        for _, log, colour in lines:
+            for key, marker, style, _ in series:
+                x, y = _series(log, key)
                 if x:
-                    ax.plot(x, [100 * v for v in y], style, color=colour, label=f"{label} {subset}")
-        x, y = _series(log, "loss")
-        loss.plot(x, y, color=colour, label=label)
-        for key, style in (("weight_max", "-"), ("weight_std", ":"), ("weight_min", "--")):
-            x, y = _series(log, key)
-            if x:
-                weights.plot(x, y, style, color=colour, label=f"{label} {key.split('_')[1]}")
-    x, lr = _series(next(iter(logs.values())), "lr")
-    rate = loss.twinx()
-    rate.step(x, lr, where="post", color="grey", lw=0.8)
-    rate.set_ylabel("learning rate (grey)")
-    rate.set_yscale("log")
-    titles = (
-        (kappa, "geometry value κ: median ●, mean ×", "κ"),
-        (margin, "PM_adv: median ●, mean ×", "PM"),
-        (weights, "instance weights w (normalised)", "w"),
-        (nat, "natural accuracy: train —, test --", "%"),
-        (pgd, "PGD-20 accuracy: train —, test --", "%"),
-        (loss, "training loss", "loss"),
-    )
-    for ax, title, ylabel in titles:
+                    ax.plot(x, [scale * v for v in y], style, marker=marker, ms=3, lw=1,
+                            color=colour)  # fmt: skip
+        if ylabel == "w" and ax.get_lines():
+            ax.set_yscale("log")
+        if ylabel == "loss":
+            x, lr = _series(max(logs.values(), key=len), "lr")
+            rate = ax.twinx()
+            rate.step(x, lr, where="post", color="grey", lw=0.8)
+            rate.set_ylabel("learning rate (grey)")
+            rate.set_yscale("log")
         ax.set_title(title)
-        ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    if weights.get_lines():
-        weights.set_yscale("log")
+        integer_epochs(ax)
+    # one legend for the figure: a colour per run (the titles say what markers and styles mean)
+    fig.legend(
+        [plt.Line2D([], [], color=colour, lw=2) for _, _, colour in lines],
+        [label for label, _, _ in lines],
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=9,
+    )
     return save_figure(fig, out)
 
 
@@ -135,7 +195,7 @@ def plot_histograms(log: Log, out: Path, title: str = "") -> Optional[Path]:
     for ax, (key, extent, label) in zip(axes[0], panels):
         rows = [r for r in log if key in r]
         counts = [[c / max(sum(r[key]), 1) for c in r[key]] for r in rows]
-        epochs = (rows[0]["epoch"] + 0.5, rows[-1]["epoch"] + 1.5)
+        epochs = (rows[0]["epoch"] - 0.5, rows[-1]["epoch"] + 0.5)
         bins = (-0.5, len(counts[0]) - 0.5) if extent is None else extent
         image = ax.imshow(
             list(map(list, zip(*counts))),
@@ -145,7 +205,7 @@ def plot_histograms(log: Log, out: Path, title: str = "") -> Optional[Path]:
             cmap="viridis",
         )
         fig.colorbar(image, ax=ax, label="fraction of examples")
-        ax.set_xlabel("epoch")
+        integer_epochs(ax)
         ax.set_ylabel(label)
         ax.set_title(f"{title} {label} over epochs".strip())
     return save_figure(fig, out)
@@ -169,12 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:
         )
     if args.histograms:
         label, log = next(iter(logs.items()))
-        path = plot_histograms(log, args.out, label)
-    else:
-        path = plot_curves(logs, args.out)
-    if path is not None:
-        print(f"saved {path}")
-    return path
+        return plot_histograms(log, args.out, label)
+    return plot_curves(logs, args.out)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ class Recipe:
             name to that method only.
         best_window: ``(first, last)`` 0-based epochs among which ``best.pt`` is chosen on the
             monitored test PGD accuracy (GAIRAT's "best checkpoint"), or ``None``.
+        train_size: a fixed class-balanced training subset of this many examples, or ``None``.
+        monitor_size: examples of the per-epoch natural/PGD-20 check, or ``None`` for the default.
     """
 
     name: str
@@ -52,6 +54,8 @@ class Recipe:
     weight_decay: float
     method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     best_window: Optional[Tuple[int, int]] = None
+    train_size: Optional[int] = None
+    monitor_size: Optional[int] = None
 
     def overrides_for(self, method: str, accepted: Any) -> Dict[str, Any]:
         """The preset's hyper-parameters for ``method``, keeping the keys in ``accepted`` only."""
@@ -191,6 +195,69 @@ PRESETS: Dict[str, Recipe] = {
                 }
             },
             best_window=(74, 99),
+        ),
+        Recipe(
+            name="awp-preact-resnet18-l2",
+            follows=(
+                "AWP (Wu, Xia and Wang, NeurIPS 2020) CIFAR-10 ℓ2, PreAct ResNet-18 (its AT_AWP code): "
+                "ε = 128/255 in the ℓ2 ball, PGD-10 with step 15/255, 200 epochs, SGD momentum 0.9, lr "
+                "0.1 divided by 10 at epochs 100 and 150, weight decay 5e-4, batch 128; `at-awp` with "
+                "γ = 0.01 (the code's default), no warm-up."
+            ),
+            deviations=(
+                _BEST,
+                "No input normalisation: AWP's code normalises with CIFAR-10's mean and std inside the "
+                "forward; the example models take [0, 1] inputs, as both papers' code does (ε and steps "
+                "are in pixel units either way).",
+                "AWP's official logs report PGD-20 best/last AT 69.15/65.26 and AT-AWP 72.69/71.59; "
+                "evaluate with --protocol robustbench-l2 (ε = 0.5) or --eps 0.502 --norm l2 for AWP's ball.",
+            ),
+            data="cifar10",
+            model="preact-resnet18",
+            epochs=200,
+            batch_size=128,
+            lr=0.1,
+            lr_schedule=((100, 0.01), (150, 0.001)),
+            momentum=0.9,
+            weight_decay=5e-4,
+            method_overrides={
+                "*": {"norm": "l2", "eps": 128 / 255, "step_size": 15 / 255, "steps": 10},
+                "at-awp": {"awp_gamma": 0.01},
+            },
+            best_window=(0, 199),
+        ),
+        Recipe(
+            name="mnist-study",
+            follows=(
+                "TRADES' and GAIRAT's MNIST setting (SmallCNN, SGD momentum 0.9, lr 0.01, batch 128, "
+                "ℓ∞ ε = 0.3, no augmentation), shrunk to run every method of both papers on a 2-core CPU "
+                "in under 100 minutes (docs/results/mnist-study.md)."
+            ),
+            deviations=(
+                "8,000 training images (a fixed class-balanced subset) and 10 epochs instead of 60,000 "
+                "and 100: the budget of a 2-core CPU. Batch 64 instead of 128: at 128 (235 steps) AT "
+                "had not left the chance plateau by the end of its burn-in.",
+                "PGD-10 with step ε/4 = 0.075 in training instead of PGD-40 with step 0.01: ten steps "
+                "keep κ's resolution (K = 10) and step ε/4 is both papers' CIFAR-10 ratio (2/255 for 8/255).",
+                "Burn-in 5 epochs (half the run, as GAIRAT's 60 of 120); lr divided by 10 at epoch 8 "
+                "(about 75 % of the run, as MAIL's and GAIR-TRADES' drop at 75).",
+                "Every method keeps its paper defaults (λ = 0, MAIL-AT γ = 10 and β = −0.5, MAIL-TRADES "
+                "γ = 2, β = 0 and β_trades = 5, TRADES β = 6, MART β = 5); FAT's τ is 3 throughout.",
+            ),
+            data="mnist",
+            model="smallcnn",
+            epochs=10,
+            batch_size=64,
+            lr=0.01,
+            lr_schedule=((8, 0.001),),
+            momentum=0.9,
+            weight_decay=0.0,
+            method_overrides={
+                "*": {"eps": 0.3, "step_size": 0.075, "steps": 10, "burn_in_epochs": 5},
+                "fat": {"tau": 3},
+            },
+            train_size=8_000,
+            monitor_size=200,
         ),
     )
 }

@@ -11,10 +11,12 @@ initialisation; the first half is burn-in (plain AT) and reweighting starts with
 drop, as in both papers. The table compares natural accuracy and PGD-20 accuracy on fresh test
 points, and shows the reweighting at work: the share of the last epoch's total loss weight that its
 10 % most heavily weighted training points carry (10 % under AT's uniform weights). The figure (when
-matplotlib is installed) shows, for the AT network, every training point coloured by its geometry
-value κ (how many of the K = 10 PGD steps it stays correctly classified; GAIRAT Fig. 3: small κ =
-attackable = near the boundary) and by its probabilistic margin PM = p_y − max_{j≠y} p_j (MAIL), and
-the spread of PM for each κ (MAIL Fig. 4).
+matplotlib is installed) shows, for each toy, every training point coloured by its geometry value κ
+under the AT network (how many of the K = 10 PGD steps it stays correctly classified; GAIRAT Fig. 3:
+small κ = attackable = near the boundary), by the weight GAIRAT and by the weight MAIL-AT gave it in
+the last epoch (the 10 % heaviest circled, their share of the total weight in the panel's title),
+and the spread of the AT network's probabilistic margin PM = p_y − max_{j≠y} p_j for each κ (MAIL
+Fig. 4).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -68,14 +70,20 @@ def mlp(hidden: int = 64) -> nn.Module:
     )
 
 
+def top_share(weights: Tensor, fraction: float = 0.1) -> float:
+    """The share of the total weight that the ``fraction`` most heavily weighted points carry."""
+    w = weights.sort(descending=True).values
+    return float(w[: max(1, round(fraction * len(w)))].sum() / w.sum())
+
+
 def train(
     name: str, data: Data, *, epochs: int, eps: float, seed: int, batch_size: int = 128
-) -> Tuple[nn.Module, float]:
+) -> Tuple[nn.Module, Tensor]:
     """Trains an MLP with method ``name``: SGD, lr 0.1 then 0.01 from the end of the burn-in.
 
     Returns:
-        The network (eval mode) and the share of the last epoch's total weight that its 10 %
-        heaviest-weighted examples carry (0.1 for uniform weights).
+        The network (eval mode) and the weight each training point got in the last epoch
+        (normalised to mean 1 over its batch; all ones for AT).
     """
     torch.manual_seed(seed)
     model = mlp()
@@ -91,17 +99,23 @@ def train(
         method.set_epoch(epoch)  # burn-in: plain AT until `burn_in`, then reweighting
         for group in optimizer.param_groups:
             group["lr"] = 0.1 if epoch < burn_in else 0.01
-        weights = []
+        weights = torch.ones(x.shape[0])
         for batch in torch.randperm(x.shape[0], generator=shuffle).split(batch_size):
             loss = method.loss(x[batch], y[batch])  # attack, forwards, instance-reweighted loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            weights.append(
-                method.last_weights if method.last_weights is not None else torch.ones(len(batch))
-            )
-    w = torch.cat(weights).sort(descending=True).values
-    return model.eval(), float(w[: max(1, len(w) // 10)].sum() / w.sum())
+            if method.last_weights is not None:
+                weights[batch] = method.last_weights.float()
+    return model.eval(), weights
+
+
+class Trained(NamedTuple):
+    """One toy's training points, and each method's network and last-epoch weight per point."""
+
+    data: Data
+    models: Dict[str, nn.Module]
+    weights: Dict[str, Tensor]
 
 
 def kappa_and_margin(model: nn.Module, data: Data, eps: float) -> Tuple[Tensor, Tensor]:
@@ -116,54 +130,75 @@ def kappa_and_margin(model: nn.Module, data: Data, eps: float) -> Tuple[Tensor, 
     return kappa, margin
 
 
-def draw_figure(toys: Dict[str, Tuple[Data, nn.Module]], eps: float, out: Path) -> Optional[Path]:
-    """κ and PM of the AT network on each toy's training points, and PM per κ (MAIL Fig. 4)."""
+def _boundary(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """A 200×200 grid around the points and the network's logit difference on it (0: boundary)."""
+    grid = torch.stack(
+        torch.meshgrid(
+            torch.linspace(float(x[:, 0].min()) - 0.3, float(x[:, 0].max()) + 0.3, 200),
+            torch.linspace(float(x[:, 1].min()) - 0.3, float(x[:, 1].max()) + 0.3, 200),
+            indexing="xy",
+        )
+    )
+    with torch.no_grad():
+        return grid, model(grid.reshape(2, -1).T).diff(dim=1).reshape(200, 200)
+
+
+TOP10_NOTE = (
+    "Weight on the top 10 % = the share of the last epoch's total loss weight carried by the 10 % most "
+    "heavily weighted training points (circled): 10 % under AT's uniform weights; GAIRAT and MAIL-AT "
+    "put far more on the attackable points near the decision boundary (small κ, small PM)."
+)
+
+
+def draw_figure(toys: Dict[str, Trained], eps: float, out: Path) -> Optional[Path]:
+    """Per toy: κ under the AT network, GAIRAT's and MAIL-AT's last-epoch weight per training point
+    (the 10 % heaviest circled), and the AT network's PM_nat for each κ (MAIL Fig. 4)."""
     from plots import import_pyplot, save_figure
 
     plt = import_pyplot(f"the figure ({out})")
     if plt is None:
         return None
-    fig, axes = plt.subplots(len(toys), 3, figsize=(15, 4.5 * len(toys)), squeeze=False)
-    for row, (toy, (data, model)) in zip(axes, toys.items()):
-        x, y = data
-        kappa, margin = kappa_and_margin(model, data, eps)
-        grid = torch.stack(
-            torch.meshgrid(
-                torch.linspace(float(x[:, 0].min()) - 0.3, float(x[:, 0].max()) + 0.3, 200),
-                torch.linspace(float(x[:, 1].min()) - 0.3, float(x[:, 1].max()) + 0.3, 200),
-                indexing="xy",
+    from matplotlib.colors import LogNorm
+
+    fig, axes = plt.subplots(len(toys), 4, figsize=(20, 4.6 * len(toys) + 0.6), squeeze=False)
+    for row, (toy, trained) in zip(axes, toys.items()):
+        x, y = trained.data
+        kappa, margin = kappa_and_margin(trained.models["at"], trained.data, eps)
+        panels = [(row[0], "at", kappa, "viridis", None, f"{toy}: κ under AT (dark: attackable)")]
+        for ax, name in ((row[1], "gairat"), (row[2], "mail-at")):
+            w = trained.weights[name]
+            title = (
+                f"{toy}: {name} weight per point\ntop 10 % carry {100 * top_share(w):.0f} % of it"
             )
-        )
-        with torch.no_grad():
-            boundary = model(grid.reshape(2, -1).T).diff(dim=1).reshape(200, 200)
-        for ax, values, cmap, title in (
-            (row[0], kappa, "viridis", f"{toy}: geometry value κ (dark: attackable)"),
-            (row[1], margin, "coolwarm_r", f"{toy}: PM_nat (red: misclassified)"),
-        ):
+            norm = LogNorm(vmin=max(float(w.min()), 1e-3), vmax=max(float(w.max()), 1e-3 * 1.01))
+            panels.append((ax, name, w.clamp_min(1e-3), "magma_r", norm, title))
+        for ax, name, values, cmap, norm, title in panels:
+            grid, boundary = _boundary(trained.models[name], x)
             ax.contour(grid[0], grid[1], boundary, levels=[0.0], colors="k", linewidths=1)
+            scale = dict(norm=norm) if norm is not None else dict(vmin=0, vmax=STEPS)
             for label, marker in ((0, "o"), (1, "^")):
                 pick = y == label
                 points = ax.scatter(
-                    x[pick, 0],
-                    x[pick, 1],
-                    c=values[pick],
-                    cmap=cmap,
-                    marker=marker,
-                    s=12,
-                    vmin=0 if values is kappa else -1,
-                    vmax=STEPS if values is kappa else 1,
+                    x[pick, 0], x[pick, 1], c=values[pick], cmap=cmap, marker=marker, s=12, **scale
                 )
-            fig.colorbar(points, ax=ax)
-            ax.set_title(title)
+            if norm is not None:
+                top = values >= values.sort(descending=True).values[max(1, len(values) // 10) - 1]
+                ax.scatter(
+                    x[top, 0], x[top, 1], s=60, facecolors="none", edgecolors="tab:blue", lw=0.8
+                )
+            fig.colorbar(points, ax=ax, label="κ" if norm is None else "weight (log scale)")
+            ax.set_title(title, fontsize=10)
             ax.set_aspect("equal")
         levels = sorted(set(kappa.tolist()))
-        row[2].boxplot([margin[kappa == k].numpy() for k in levels], whis=(5, 95))
-        row[2].set_xticks(range(1, len(levels) + 1), [str(k) for k in levels])
-        row[2].set_xlabel("κ")
-        row[2].set_ylabel("PM_nat")
-        row[2].set_title(f"{toy}: PM_nat for each κ (whiskers 5-95 %)")
-    fig.suptitle("AT network, training points (● class 0, ▲ class 1, — decision boundary)")
-    return save_figure(fig, out, dpi=110)
+        row[3].boxplot([margin[kappa == k].numpy() for k in levels], whis=(5, 95))
+        row[3].set_xticks(range(1, len(levels) + 1), [str(k) for k in levels])
+        row[3].set_xlabel("κ under AT")
+        row[3].set_ylabel("PM_nat under AT")
+        row[3].set_title(f"{toy}: PM_nat for each κ (whiskers 5-95 %)", fontsize=10)
+    fig.suptitle(
+        "Training points (● class 0, ▲ class 1; — each network's decision boundary), last epoch"
+    )
+    return save_figure(fig, out, dpi=110, note=TOP10_NOTE)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -193,14 +228,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 def _run(args: argparse.Namespace, toys: Sequence[str]) -> Dict[str, Any]:
     start = time.perf_counter()
     accuracy: Dict[str, Dict[str, Dict[str, float]]] = {}
-    trained: Dict[str, Tuple[Data, nn.Module]] = {}
+    trained: Dict[str, Trained] = {}
     for i, toy in enumerate(toys):
         make, noise = TOYS[toy]
         generator = torch.Generator().manual_seed(args.seed * 1000 + i)
         train_set, test_set = make(args.n, noise, generator), make(args.n, noise, generator)
         accuracy[toy] = {}
+        trained[toy] = Trained(train_set, {}, {})
         for name in METHODS:
-            model, share = train(name, train_set, epochs=args.epochs, eps=args.eps, seed=args.seed)
+            model, weights = train(
+                name, train_set, epochs=args.epochs, eps=args.eps, seed=args.seed
+            )
             accuracy[toy][name] = evaluation.evaluate(
                 model,
                 test_set,
@@ -209,9 +247,9 @@ def _run(args: argparse.Namespace, toys: Sequence[str]) -> Dict[str, Any]:
                 clip=None,
                 progress=False,
             )
-            accuracy[toy][name]["top10_weight"] = share
-            if name == "at":
-                trained[toy] = (train_set, model)
+            accuracy[toy][name]["top10_weight"] = top_share(weights)
+            trained[toy].models[name] = model
+            trained[toy].weights[name] = weights
     seconds = time.perf_counter() - start
 
     print(
@@ -229,8 +267,6 @@ def _run(args: argparse.Namespace, toys: Sequence[str]) -> Dict[str, Any]:
         f"(1 CPU thread, torch {torch.__version__})"
     )
     figure = None if args.no_figure else draw_figure(trained, args.eps, args.out / "quickstart.png")
-    if figure is not None:
-        print(f"figure: {figure}")
     return {"accuracy": accuracy, "seconds": seconds, "figure": figure}
 
 

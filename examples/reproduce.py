@@ -21,7 +21,8 @@ Everything lives under ``--out``::
     runs/<label>/           one train.py folder per row, with eval-last.json / eval-best.json
     <table>.md              the table: paper numbers beside ours, protocol, ε, seed, device,
                             seconds per epoch, the exact commands
-    <table>.json            our numbers, percent: {"AT": {"nat": ..., "pgd100": ..., ...}, ...}
+    <table>.json            our numbers, percent, and the setting:
+                            {"rows": {"AT": {"nat": ..., "pgd100": ..., ...}, ...}, "setting": {...}}
     <table>-details.json    the same with the paper's numbers, settings, timings and commands
     curves.png              learning curves of the rows (when matplotlib is installed)
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -60,6 +62,12 @@ def load_spec(name: str) -> Dict[str, Any]:
             raise ValueError(
                 f"Expected the keys {missing} in the table spec '{path}', got {sorted(spec)}."
             )
+        # The name and the labels become file and folder names under --out.
+        plain_name(spec["name"], 'the table\'s "name"')
+        for row in spec["rows"]:
+            _slug(row["label"])
+        for prefix in spec.get("prefixes", {}):
+            _slug(prefix)
         kinds = spec.get("checkpoints", ["last"])
         unprefixed = [
             c for c in spec["columns"] if len(kinds) > 1 and not c.startswith(("best_", "last_"))
@@ -76,8 +84,26 @@ def load_spec(name: str) -> Dict[str, Any]:
     )
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def plain_name(name: object, what: str) -> str:
+    """``name`` if it is a plain file name (letters, digits, ``.``, ``_``, ``-``; not starting with
+    ``.`` or ``-``), which cannot point outside the folder it is joined to; else an error."""
+    if not isinstance(name, str):
+        raise TypeError(f"Expected {what} to be a plain file name (a string), got {name!r}.")
+    if not _PLAIN.fullmatch(name):
+        raise ValueError(
+            f"Expected {what} to be a plain file name (letters, digits, '.', '_', '-', not starting "
+            f"with '.' or '-'), got {name!r}. Use e.g. 'my-table'; it names files under --out."
+        )
+    return name
+
+
 def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    """A row label or prefix name as a folder name: other characters become ``_``."""
+    slug = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in str(label))
+    return plain_name(slug, f"a row label or prefix name ({label!r})")
 
 
 class Reproduction:
@@ -162,8 +188,13 @@ class Reproduction:
         checkpoint = "best.pt" if kind == "best" else "checkpoint.pt"
         return [
             str(self.run_dir(row) / checkpoint),
-            "--protocol",
-            self.spec["protocol"],
+            # the paper's protocol and evaluation radius (e.g. MAIL's 0.031), as the table compares;
+            # a spec without a protocol gives its attacks and ε in eval_args
+            *(
+                ["--protocol", self.spec["protocol"], "--eps", "protocol"]
+                if self.spec["protocol"]
+                else []
+            ),
             *self.spec.get("eval_args", []),
             *self.eval_args,
             "--data-root",
@@ -234,6 +265,7 @@ class Reproduction:
         ours: Dict[str, Dict[str, float]] = {}
         extra_columns: List[str] = []
         details: Dict[str, Any] = {}
+        column_of = {**COLUMN_OF_ATTACK, **spec.get("column_of_attack", {})}
         settings: Optional[Dict[str, Any]] = None
         for row in rows:
             evals = {
@@ -245,7 +277,7 @@ class Reproduction:
                 settings = settings or record.get("settings")
                 prefix = f"{kind}_" if len(evals) > 1 else ""
                 for attack, acc in record.get("accuracy", {}).items():
-                    column = prefix + COLUMN_OF_ATTACK.get(attack, attack)
+                    column = prefix + column_of.get(attack, attack)
                     values[column] = round(100 * acc, 2)
                     if column not in spec["columns"] and column not in extra_columns:
                         extra_columns.append(column)
@@ -257,6 +289,12 @@ class Reproduction:
                 "method": row["method"],
                 "status": _describe_status(self.run_dir(row), evals),
                 "seconds_per_epoch": training.mean_epoch_seconds(log),
+                "train_minutes": sum(r["seconds"] + r.get("seconds_monitor", 0.0) for r in log)
+                / 60,
+                "eval_minutes": sum(
+                    sum(record.get("seconds", {}).values()) for record in evals.values()
+                )
+                / 60,
                 "epochs_logged": len(log),
                 "lineage": config.get("lineage"),
                 "device": config.get("device"),
@@ -268,7 +306,15 @@ class Reproduction:
         self.out.mkdir(parents=True, exist_ok=True)
         md = self.out / f"{name}.md"
         md.write_text(markdown)
-        training.write_json_atomic(ours, self.out / f"{name}.json")
+        setting = {
+            "protocol": spec["protocol"],
+            "evaluation": settings,
+            "preset": spec.get("preset"),
+            "train_args": [*spec.get("train_args", []), *self.train_args],
+            "seeds": sorted({d["seed"] for d in details.values() if d["seed"] is not None}),
+            "devices": sorted({d["device"] for d in details.values() if d["device"]}),
+        }
+        training.write_json_atomic({"rows": ours, "setting": setting}, self.out / f"{name}.json")
         training.write_json_atomic(
             {
                 "table": name,
@@ -311,16 +357,23 @@ class Reproduction:
     ) -> str:
         spec = self.spec
         paper = spec.get("paper", {})
+        titles = {**COLUMN_TITLES, **spec.get("column_titles", {})}
         header = ["method"]
         for column in spec["columns"]:
-            title = _title(column)
-            header += [f"{title} paper", f"{title} ours"]
-        header += [f"{_title(c)} ours" for c in extra_columns] + ["s/epoch", "status"]
+            title = _title(column, titles)
+            header += [f"{title} paper", f"{title} ours"] if paper else [title]
+        header += [f"{_title(c, titles)} ours" for c in extra_columns]
+        header += ["s/epoch", "train min", "eval min", "status"]
+        source = (
+            f"Paper: {spec.get('source', 'see the spec')} — mean (MAIL) or median (GAIRAT) ± std of 5 "
+            "runs. Ours: one run."
+            if paper
+            else "One run per row."
+        )
         lines = [
             f"# {spec.get('title', spec['name'])}",
             "",
-            f"Paper: {spec.get('source', 'see tables.py')} — mean (MAIL) or median (GAIRAT) ± std of 5 runs. "
-            "Ours: one run. Test accuracy, %.",
+            f"{source} Test accuracy, %.",
             "",
             "| " + " | ".join(header) + " |",
             "|" + "---|" * len(header),
@@ -329,26 +382,32 @@ class Reproduction:
             label = row["label"]
             cells = [label]
             for column in spec["columns"]:
-                cells += [
-                    _paper_cell(paper.get(label, {}).get(column)),
-                    _cell(ours.get(label, {}).get(column)),
-                ]
+                if paper:
+                    cells.append(_paper_cell(paper.get(label, {}).get(column)))
+                cells.append(_cell(ours.get(label, {}).get(column)))
             cells += [_cell(ours.get(label, {}).get(c)) for c in extra_columns]
             info = details.get(label)
             if info is None:
-                cells += ["", "not in ir.methods" if not row["method"] else "not run"]
+                cells += ["", "", "", "not in ir.methods" if not row["method"] else "not run"]
             else:
                 seconds = info["seconds_per_epoch"]
-                cells += ["—" if seconds != seconds else f"{seconds:.1f}", info["status"]]
+                cells += [
+                    "—" if seconds != seconds else f"{seconds:.1f}",
+                    f"{info['train_minutes']:.1f}",
+                    f"{info['eval_minutes']:.1f}",
+                    info["status"],
+                ]
             lines.append("| " + " | ".join(cells) + " |")
         seeds = sorted({str(d["seed"]) for d in details.values() if d["seed"] is not None})
         devices = sorted({d["device"] for d in details.values() if d["device"]})
         lines += [
             "",
-            f"- Protocol: `{spec['protocol']}` — {_describe_settings(settings)}. Eval mode, float32.",
+            f"- Protocol: `{spec['protocol'] or 'custom'}` — {_describe_settings(settings)}. Eval mode, "
+            "float32.",
             f"- Training: preset `{spec.get('preset')}` (see `python examples/train.py --list-presets`), "
             f"seed {', '.join(seeds) or '—'}, device {', '.join(devices) or '—'}; s/epoch is training time "
-            "per epoch (the per-epoch monitor excluded).",
+            "per epoch (the per-epoch monitor excluded); train min is the row's whole training with "
+            "the monitor, a shared prefix included; eval min is its evaluation.",
         ]
         lines += [f"- {note}" for note in spec.get("notes", [])]
         for label, info in details.items():
@@ -360,7 +419,7 @@ class Reproduction:
                 )
             if info["best_epoch"]:
                 lines.append(
-                    f"- {label}: best checkpoint after epoch {info['best_epoch']} (1-based)."
+                    f"- {label}: best checkpoint at epoch {info['best_epoch'] - 1} (0-based)."
                 )
         lines += ["", "## Commands", "", "```bash", command]
         for label, info in details.items():
@@ -376,7 +435,7 @@ class Reproduction:
 
 
 def _status(folder: Path) -> Dict[str, Any]:
-    return _read(folder / "status.json")
+    return training.read_status(folder)
 
 
 def _read(path: Path) -> Dict[str, Any]:
@@ -393,11 +452,11 @@ def _describe_status(folder: Path, evals: Dict[str, Dict[str, Any]]) -> str:
     return f"evaluation of {', '.join(missing)} incomplete" if missing else "done"
 
 
-def _title(column: str) -> str:
+def _title(column: str, titles: Dict[str, str]) -> str:
     kind, _, key = column.partition("_")
     if kind in ("best", "last") and key:
-        return f"{kind} {COLUMN_TITLES.get(key, key)}"
-    return COLUMN_TITLES.get(column, column)
+        return f"{kind} {titles.get(key, key)}"
+    return titles.get(column, column)
 
 
 def _cell(value: Optional[float]) -> str:
@@ -414,7 +473,8 @@ def _paper_cell(value: Any) -> str:
 def _describe_settings(settings: Optional[Dict[str, Any]]) -> str:
     if not settings:
         return "not evaluated yet"
-    parts = [f"ε = {settings['eps']:.4g}"]
+    ball = "" if settings.get("norm", "linf") == "linf" else f" ({settings['norm']})"
+    parts = [f"ε = {settings['eps']:.4g}{ball}"]
     for name, params in settings["attacks"].items():
         if name == "natural":
             continue

@@ -2,7 +2,7 @@
 
 Numbers are test accuracy in percent, as ``(mean or median, std)`` over the papers' 5 runs, copied
 from MAIL (Wang et al., NeurIPS 2021) Tables 1-4 and GAIRAT (Zhang et al., ICLR 2021) Tables 1-2.
-A row without a method (AWP) is in the papers but not in ``ir.methods``: only its paper numbers show.
+MAIL's "AWP" row runs ``at-awp`` (AWP's headline method; docs/awp.md says why), on its own from epoch 0.
 
 Column names are the keys of the JSON that ``reproduce.py`` writes: ``nat``, ``pgd20``, ``pgd100``,
 ``pgd+``, ``cw``, ``apgd`` (APGD-CE), ``aa`` (AutoAttack), ``pgd20-ls`` (logit-scaled PGD-20); GAIRAT's
@@ -125,7 +125,7 @@ _MAIL_METHODS = {
     "TRADES": "trades",
     "MART": "mart",
     "FAT": "fat",
-    "AWP": None,
+    "AWP": "at-awp",
     "GAIRAT": "gairat",
     "MAIL-AT": "mail-at",
     "MAIL-TRADES": "mail-trades",
@@ -147,6 +147,16 @@ _MAIL_PREFIX_NOTE = (
     "own would use β = 5 instead of TRADES' 6. Sharing saves two 74-epoch runs; a custom spec without "
     "`prefix` on those rows trains them separately."
 )
+
+
+_MAIL_AWP_NOTE = (
+    "AWP: MAIL does not say which AWP variant its row is; it runs `at-awp` (AT-AWP, γ = 5e-3, no "
+    "warm-up), the most likely one (docs/awp.md), on its own: AWP applies from epoch 0, so it shares no "
+    "burn-in."
+)
+
+_MAIL_CW = '{"cw": {"steps": 20, "step_size": 0.003}}'
+_MAIL_CW_NOTE = "CW∞: 20 steps of 0.003 (confidence 50), as MAIL's train.py evaluates it."
 
 
 def _mail_spec(
@@ -172,7 +182,9 @@ def _mail_spec(
             "at": {"method": "at", "epochs": 74},
             "trades": {"method": "trades", "epochs": 74},
         },
-        "notes": [_MAIL_PREFIX_NOTE],
+        "notes": [_MAIL_PREFIX_NOTE, _MAIL_AWP_NOTE, _MAIL_CW_NOTE],
+        # CW∞ as MAIL's train.py evaluates it; the protocol preset keeps the library's 30 steps of ε/4.
+        "eval_args": ["--options", _MAIL_CW],
         "train_args": [] if data == "cifar10" else ["--data", data],
         "rows": rows,
         "paper": paper,
@@ -198,6 +210,63 @@ def _gairat_spec(
         **extra,
     }
 
+
+_STUDY_OPTIONS = (
+    '{"pgd20": {"steps": 40, "step_size": 0.01}, "cw": {"steps": 40, "step_size": 0.01}, '
+    '"aa": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}}'
+)
+
+# The CPU study (docs/results/mnist-study.md): every method of both papers on one budget, no paper
+# numbers (neither paper reports MNIST with these methods side by side).
+_MNIST_STUDY: Dict[str, Any] = {
+    "name": "mnist-study",
+    "title": "CPU study: MNIST, SmallCNN, ℓ∞ ε = 0.3, every method on one budget",
+    "source": None,
+    "preset": "mnist-study",
+    "protocol": None,
+    "eval_args": [
+        "--eps",
+        "0.3",
+        "--attacks",
+        "natural,pgd20,cw,pgd20-ls,aa",
+        "--options",
+        _STUDY_OPTIONS,
+        "--num-examples",
+        "1000",
+    ],
+    "checkpoints": ["last"],
+    "columns": ["nat", "pgd", "cw", "lspgd", "aa"],
+    "column_of_attack": {"pgd20": "pgd", "pgd20-ls": "lspgd"},
+    "column_titles": {"pgd": "PGD-40", "lspgd": "LS-PGD-20", "aa": "AA (APGD-CE+T)"},
+    "prefixes": {
+        "at": {"method": "at", "epochs": 5},
+        "trades": {"method": "trades", "epochs": 5},
+        "at-awp": {"method": "at-awp", "epochs": 5},
+    },
+    "rows": [
+        {"label": "AT", "method": "at", "prefix": "at"},
+        {"label": "TRADES", "method": "trades", "prefix": "trades"},
+        {"label": "MART", "method": "mart"},
+        {"label": "FAT", "method": "fat"},
+        {"label": "GAIRAT", "method": "gairat", "prefix": "at"},
+        {"label": "MAIL-AT", "method": "mail-at", "prefix": "at"},
+        {"label": "MAIL-TRADES", "method": "mail-trades", "prefix": "trades"},
+        {"label": "AT-AWP", "method": "at-awp", "prefix": "at-awp"},
+        {"label": "MAIL-AT-AWP", "method": "mail-at-awp", "prefix": "at-awp"},
+    ],
+    "notes": [
+        "Shared burn-in: GAIRAT and MAIL-AT continue AT's first 5 epochs, MAIL-TRADES continues "
+        "TRADES', MAIL-AT-AWP continues AT-AWP's (as the MAIL tables here do); MART and FAT train on "
+        "their own for the same 10 epochs.",
+        "AA is AutoAttack's APGD-CE and APGD-T (9 target classes, 100 iterations each), the two attacks "
+        "of AutoAttack standard that set its number on almost every model; its FAB-T and Square were "
+        "left out for time: Square's 5,000 queries alone would take about half an hour per row on "
+        "a 2-core CPU (docs/results/mnist-study.md).",
+        "PGD-40 and CW∞ (40 steps on the CW margin, confidence 50): step 0.01, uniform start; "
+        "LS-PGD-20: PGD-20 (step ε/4) on CE(α·logits), robust only for every α in {1e-4, …, 10}.",
+    ],
+    "paper": {},
+}
 
 SPECS: Dict[str, Dict[str, Any]] = {
     spec["name"]: spec
@@ -275,5 +344,6 @@ SPECS: Dict[str, Dict[str, Any]] = {
             prefixes={"trades": {"method": "trades", "epochs": 75}},
             eval_args=["--options", '{"pgd20": {"step_size": 0.003}}'],
         ),
+        _MNIST_STUDY,
     )
 }

@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("batch", "global", "none"),
         help="weight normalisation of reweighting methods; 'global' makes DDP runs equal single-GPU ones",
     )
+    what.add_argument(
+        "--norm",
+        choices=ir.attack.NORMS,
+        help="threat model of training and monitoring (set --set eps=... --set step_size=... with it)",
+    )
     what.add_argument("--data", choices=sorted(DATASETS))
     what.add_argument("--model", choices=sorted(MODELS))
     what.add_argument("--epochs", type=int)
@@ -120,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="training and test examples for the per-epoch natural/PGD-20 check (0: none; default 1000)",
     )
     what.add_argument(
+        "--train-size",
+        type=int,
+        metavar="N",
+        help="train on a fixed class-balanced subset of N examples (default: the whole split)",
+    )
+    what.add_argument(
+        "--test-size",
+        type=int,
+        metavar="N",
+        help="monitor and evaluate on a fixed class-balanced subset of N test examples",
+    )
+    what.add_argument(
+        "--max-steps-per-epoch",
+        type=int,
+        metavar="N",
+        help="end every epoch after N batches: a smoke run, e.g. --epochs 1 --max-steps-per-epoch 5",
+    )
+    what.add_argument(
         "--best-window",
         type=int,
         nargs=2,
@@ -128,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how = parser.add_argument_group("how to run it")
     how.add_argument(
-        "--data-root", default="data", help="folder holding the data set (default: data)"
+        "--data-root",
+        help="folder holding the data set (default: data; on --resume, the run's own)",
     )
     how.add_argument(
         "--out", type=Path, help="run folder (default: runs/<preset or model>-<method>-s<seed>)"
@@ -177,6 +201,9 @@ def given_settings(args: argparse.Namespace, method: Optional[str]) -> Dict[str,
             weight_decay=recipe.weight_decay,
             best_window=list(recipe.best_window) if recipe.best_window else None,
         )
+        given.update(
+            {k: getattr(recipe, k) for k in ("train_size", "monitor_size") if getattr(recipe, k)}
+        )
     explicit = {
         "method": args.method,
         "variant": args.variant,
@@ -194,11 +221,15 @@ def given_settings(args: argparse.Namespace, method: Optional[str]) -> Dict[str,
         "precision": "fp32" if args.fp32 else None,
         "monitor_size": args.monitor_size,
         "best_window": args.best_window,
+        "train_size": args.train_size,
+        "test_size": args.test_size,
+        "max_steps_per_epoch": args.max_steps_per_epoch,
     }
     given.update({k: v for k, v in explicit.items() if v is not None})
     user = parse_set(args.set)
-    if args.normalize is not None:
-        user["normalize"] = args.normalize
+    for key in ("normalize", "norm"):
+        if getattr(args, key) is not None:
+            user[key] = getattr(args, key)
     if method is not None and (recipe is not None or user):
         accepted = training.accepted_overrides(method, given.get("variant", "paper"))
         given["overrides"] = {**(recipe.overrides_for(method, accepted) if recipe else {}), **user}
@@ -218,10 +249,17 @@ def resolve(args: argparse.Namespace, out: Optional[Path]) -> TrainConfig:
             "of an existing run may leave it out."
         )
     given = given_settings(args, args.method)
+    given.setdefault("model", default_model(given.get("data", "cifar10")))
     if "precision" not in given:
         device = training.resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
         given["precision"] = "bf16" if device.type == "cuda" else "fp32"
     return TrainConfig.from_dict(given)
+
+
+def default_model(data: str) -> str:
+    """The network a data set trains on unless told: SmallCNN for MNIST (the TRADES MNIST network of
+    GAIRAT's MNIST runs), ResNet-18 for the 32×32 colour sets."""
+    return "smallcnn" if data == "mnist" else "resnet18"
 
 
 def default_out(args: argparse.Namespace) -> Optional[Path]:
@@ -229,7 +267,8 @@ def default_out(args: argparse.Namespace) -> Optional[Path]:
         return args.out
     if args.method is None:
         return None
-    name = args.preset or f"{args.data or 'cifar10'}-{args.model or 'resnet18'}"
+    data = args.data or "cifar10"
+    name = args.preset or f"{data}-{args.model or default_model(data)}"
     return Path("runs") / f"{name}-{args.method}-s{args.seed or 0}"
 
 
@@ -245,24 +284,43 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[training.RunResult]:
     if out is None:
         raise ValueError("Expected --out (the run to resume) or --method, got neither.")
     config = resolve(args, out)
+    # --resume and --init-from read the data where the run (or the prefix) read it, unless told.
+    started = out if args.resume else args.init_from.parent if args.init_from else None
+    data_root = args.data_root or (started and training.recorded_data_root(started)) or "data"
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         print(describe_run(config, out, args))
-    return training.train(
-        config,
-        out,
-        Runtime(
-            data_root=args.data_root,
-            device=args.device,
-            channels_last=False if config.precision == "fp32" else None,
-            compile=args.compile,
-            progress=not args.no_progress,
-            max_minutes=args.max_minutes,
-        ),
-        resume=args.resume,
-        init_from=args.init_from,
-        stop_after=args.stop_after,
-        log_to=sys.stdout if main_process else None,
+    try:
+        return training.train(
+            config,
+            out,
+            Runtime(
+                data_root=data_root,
+                device=args.device,
+                channels_last=False if config.precision == "fp32" else None,
+                compile=args.compile,
+                progress=not args.no_progress,
+                max_minutes=args.max_minutes,
+            ),
+            resume=args.resume,
+            init_from=args.init_from,
+            stop_after=args.stop_after,
+            log_to=sys.stdout if main_process else None,
+        )
+    except KeyboardInterrupt:
+        raise SystemExit(interrupted_message(out)) from None
+
+
+def interrupted_message(out: Path) -> str:
+    """One line for Ctrl-C: what is saved and how to continue."""
+    status = training.read_status(out)
+    if not status:
+        return f"train.py: interrupted before the first epoch ended; nothing was saved in {out}."
+    done = status["epochs_done"]
+    return (
+        f"train.py: interrupted; {out / 'checkpoint.pt'} holds epochs 0..{done - 1} (the epoch "
+        f"under way is dropped, so a resumed run stays exact). Continue with: "
+        f"python examples/train.py --out {out} --resume"
     )
 
 

@@ -20,15 +20,30 @@ learning-rate position and random streams, and records the change in ``lineage``
 
 from __future__ import annotations
 
+import hashlib
+import io
+import itertools
 import json
 import math
 import os
+import pickle
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 import numpy as np
 import torch
@@ -72,6 +87,9 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"
     monitor_size: int = 1000
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    max_steps_per_epoch: Optional[int] = None
     best_window: Optional[List[int]] = None
     preset: Optional[str] = None
 
@@ -88,6 +106,11 @@ class TrainConfig:
                 raise ValueError(f"Expected {name} >= 1, got {getattr(self, name)}.")
         if self.monitor_size < 0:
             raise ValueError(f"Expected monitor_size >= 0, got {self.monitor_size}.")
+        for name in ("train_size", "test_size", "max_steps_per_epoch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(
+                    f"Expected {name} >= 1 (or none for the whole split), got {getattr(self, name)}."
+                )
         # Plain lists and JSON values only: comparable after a save/load, weights_only safe.
         self.lr_schedule = [[int(e), float(lr)] for e, lr in self.lr_schedule]
         if self.best_window is not None:
@@ -167,28 +190,105 @@ def accepted_overrides(method: str, variant: str = "paper") -> Tuple[str, ...]:
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+def state_digest(state: Any) -> str:
+    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes, every other value's
+    ``repr``, in order (lists and tuples alike, as a save/load may turn one into the other)."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"tensor {t.dtype} {tuple(value.shape)};".encode())
+            digest.update(t.view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            digest.update(f"dict {len(value)};".encode())
+            for key, item in value.items():
+                feed(key)
+                feed(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"seq {len(value)};".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"{value!r};".encode())
+
+    feed(state)
+    return digest.hexdigest()
+
+
+def _write_replace(data: bytes, path: Path, verify: Optional[Callable[[Path], Any]] = None) -> None:
+    """Writes ``data`` to a temporary file beside ``path``, fsyncs it, runs ``verify`` on it, then
+    renames it over ``path`` and fsyncs the folder: ``path`` is always the old or the new whole file,
+    and the old one stays until the new one is on disk and verified."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def save_atomic(state: Dict[str, Any], path: Path) -> None:
+    """``torch.save`` of ``state`` with its :func:`state_digest` under ``"sha256"``, written by
+    :func:`_write_replace` and verified with :func:`load_checkpoint` before it replaces ``path``."""
+    buffer = io.BytesIO()
+    torch.save({**state, "sha256": state_digest(state)}, buffer)
+    _write_replace(buffer.getvalue(), path, verify=load_checkpoint)
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_replace((json.dumps(obj, indent=2) + "\n").encode(), path)
+
+
+_UNREADABLE = (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError)
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """A checkpoint written by :func:`train`, loaded with ``weights_only=True`` onto the CPU."""
+    """A checkpoint written by :func:`train`, loaded with ``weights_only=True`` onto the CPU, its
+    checksum verified (checkpoints written before checksums were stored load unverified).
+
+    Raises:
+        FileNotFoundError: if there is no file at ``path``.
+        ValueError: for an empty, truncated or corrupted file (the checksum of its content differs
+            from the one stored in it) or one not written by ``train.py``; the message names the
+            file and what to do.
+    """
     if not Path(path).is_file():
         raise FileNotFoundError(f"Expected a checkpoint at '{path}', got no such file.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    fix = (
+        "Restore it from a copy, or delete it and train again (train.py --resume restarts a run "
+        "whose checkpoint.pt is missing)."
+    )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except _UNREADABLE as err:
+        size = Path(path).stat().st_size
+        raise ValueError(
+            f"Expected a complete checkpoint at '{path}', got a file of {size} bytes that torch.load "
+            f"cannot read ({type(err).__name__}: {str(err)[:200]}). It is truncated or corrupted. {fix}"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"Expected a checkpoint written by examples/train.py ({CHECKPOINT_FORMAT}) at '{path}', "
             f"got {state.get('format') if isinstance(state, dict) else type(state).__name__}."
+        )
+    stored = state.pop("sha256", None)
+    if stored is not None and stored != state_digest(state):
+        raise ValueError(
+            f"Expected the content of '{path}' to match the checksum stored with it, got a "
+            f"different one: the file is corrupted (flipped bytes). {fix}"
         )
     return state
 
@@ -334,8 +434,10 @@ def monitor(
     *,
     eps: float,
     clip: Optional[Tuple[float, float]],
+    norm: str = "linf",
 ) -> Dict[str, float]:
-    """Natural and PGD-20 accuracy (step ε/4, uniform start; GAIRAT Appendix C.1) on fixed subsets.
+    """Natural and PGD-20 accuracy (step ε/4, uniform start; GAIRAT Appendix C.1) on fixed subsets,
+    in the ball the run trains against.
 
     Runs through ``ir.evaluation`` (eval mode, float32); the global random state is restored after,
     so monitoring never changes what training draws.
@@ -352,6 +454,7 @@ def monitor(
                 (x, y),
                 attacks=("natural", "pgd20"),
                 eps=eps,
+                norm=norm,
                 clip=clip,
                 batch_size=500,
                 progress=False,
@@ -374,7 +477,7 @@ def monitor_subsets(
     subsets = {}
     for name, (images, labels) in (
         ("train", train_set),
-        ("test", load_dataset(config.data, data_root, train=False)),
+        ("test", load_dataset(config.data, data_root, train=False, size=config.test_size)),
     ):
         generator = torch.Generator().manual_seed(config.seed)
         pick = torch.randperm(images.shape[0], generator=generator)[: config.monitor_size]
@@ -539,12 +642,19 @@ def _train(
             f"Expected --batch-size divisible by the {processes.world_size} processes, got "
             f"{config.batch_size}."
         )
-    out.mkdir(parents=True, exist_ok=True)
     state, lineage, kept_log = _start_state(config, out, resume, init_from)
+    end = config.epochs if stop_after is None else min(stop_after, config.epochs)
+    if state is not None and resume and int(state["epoch"]) >= end:
+        done = int(state["epoch"])
+        if log_to is not None:
+            print(_finished_message(out, done, config.epochs), file=log_to, flush=True)
+        return RunResult(out, done, done >= config.epochs, kept_log)
     processes.barrier()  # every process has read the folder before rank 0 rewrites it
     info = dataset_info(config.data)
 
-    images, labels = load_dataset(config.data, runtime.data_root, train=True)
+    images, labels = load_dataset(
+        config.data, runtime.data_root, train=True, size=config.train_size
+    )
     generator = torch.Generator(device=device)
     loader = DeviceLoader(
         images,
@@ -591,10 +701,13 @@ def _train(
     if state is not None and resume and method.burn_in is not None and state["burn_in"]:
         method.burn_in.load_state_dict(state["burn_in"])
 
+    # Created only now: a run that fails to start (data, settings) leaves no folder behind.
+    out.mkdir(parents=True, exist_ok=True)
     if processes.main:
         write_json_atomic(
             {
                 "config": config.to_dict(),
+                "data_root": runtime.data_root,
                 "lineage": lineage,
                 "method": repr(method),
                 "device": device_name(device),
@@ -608,7 +721,6 @@ def _train(
         with open(out / "log.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept_log)
 
-    end = config.epochs if stop_after is None else min(stop_after, config.epochs)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast)
     durations = [r["seconds"] + r.get("seconds_monitor", 0.0) for r in kept_log[-1:]]
     records = list(kept_log)
@@ -631,17 +743,22 @@ def _train(
         stats = EpochStats(method.params["steps"])
         tic = time.perf_counter()
         forward.train()
+        steps = len(loader) if config.max_steps_per_epoch is None else config.max_steps_per_epoch
         batches = progress(
-            loader, len(loader), f"epoch {epoch + 1}/{end}", runtime.progress and processes.main
+            itertools.islice(loader, steps),
+            min(steps, len(loader)),
+            f"epoch {epoch} (0-based, last {end - 1})",
+            runtime.progress and processes.main,
         )
         for x, y in batches:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                loss = method.loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            # An AWP method perturbs the weights for the body of the block and restores them after it.
+            with autocast, method.training_step(x, y) as loss:
+                with torch.autocast(device.type, enabled=False):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
             stats.add(loss, method)
         record: Dict[str, Any] = {
             "epoch": epoch,
@@ -656,7 +773,13 @@ def _train(
         if processes.main:
             tic = time.perf_counter()
             record.update(
-                monitor(module, subsets, eps=method.params["eps"], clip=method.params["clip"])
+                monitor(
+                    module,
+                    subsets,
+                    eps=method.params["eps"],
+                    clip=method.params["clip"],
+                    norm=method.params["norm"],
+                )
             )
             record["seconds_monitor"] = time.perf_counter() - tic
             best = _save_epoch(out, config, module, optimizer, method, lineage, epoch, record, best)
@@ -724,7 +847,7 @@ def _save_epoch(
 
 
 def _one_line(record: Dict[str, Any]) -> str:
-    parts = [f"epoch {record['epoch'] + 1}", f"lr {record['lr']:g}", f"loss {record['loss']:.4f}"]
+    parts = [f"epoch {record['epoch']}", f"lr {record['lr']:g}", f"loss {record['loss']:.4f}"]
     for key, label in (
         ("kappa_mean", "κ mean"),
         ("kappa_median", "κ median"),
@@ -738,6 +861,27 @@ def _one_line(record: Dict[str, Any]) -> str:
             parts.append(f"{label} {100 * record[key]:.2f}%")
     parts.append(f"{record['seconds']:.1f} s")
     return " | ".join(parts)
+
+
+def _finished_message(out: Path, done: int, epochs: int) -> str:
+    if done >= epochs:
+        return (
+            f"the run in {out} is finished: all {epochs} epochs (0..{epochs - 1}) are done, nothing "
+            "to train. Evaluate it with examples/evaluate.py, or resume with a larger --epochs."
+        )
+    return f"the run in {out} already has {done} epochs (0..{done - 1}), as --stop-after asks."
+
+
+def read_status(out: Path) -> Dict[str, Any]:
+    """The run's ``status.json`` (epochs done, complete, best), empty if it has none yet."""
+    path = Path(out) / "status.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def recorded_data_root(out: Path) -> Optional[str]:
+    """The ``--data-root`` the run in ``out`` was started with (its ``config.json``), if any."""
+    path = Path(out) / "config.json"
+    return json.loads(path.read_text()).get("data_root") if path.is_file() else None
 
 
 def mean_epoch_seconds(log: Sequence[Dict[str, Any]]) -> float:

@@ -412,3 +412,114 @@ def test_device_loader_rejects_bad_input():
         DeviceLoader(images, labels[:3], batch_size=2)
     with pytest.raises(ValueError, match="rank"):
         DeviceLoader(images, labels, batch_size=2, rank=2, world_size=2)
+
+
+class _RunsCode:
+    """A pickle payload that would create ``marker`` when unpickled by a plain ``pickle.load``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("layout", ["cifar-10-batches-py", "cifar-100-python"])
+def test_cifar_pickle_that_would_run_code_is_refused(tmp_path, layout):
+    folder = tmp_path / layout
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    hostile = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"fine_labels": [0]}
+    hostile[b"batch_label"] = _RunsCode(marker)
+    name = "test_batch" if layout == "cifar-10-batches-py" else "test"
+    (folder / name).write_bytes(pickle.dumps(hostile))
+    pickle.loads((folder / name).read_bytes())  # a plain unpickler runs it: the test can fail
+    assert marker.exists()
+    marker.unlink()
+    loader = load_cifar10 if layout == "cifar-10-batches-py" else load_cifar100
+    with pytest.raises(ValueError, match=f"{name}'.*pathlib.*touch"):
+        loader(tmp_path, train=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickle_protocols_numpy_and_bytes_still_load(tmp_path, protocol):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    images = _random_images(np.random.default_rng(7), 3)
+    batch = {
+        b"data": images.reshape(3, -1),
+        b"fine_labels": [0, 99, 5],
+        b"filenames": [b"a.png", b"b.png", b"c.png"],
+        b"batch_label": b"testing batch 1 of 1",
+    }
+    (folder / "test").write_bytes(pickle.dumps(batch, protocol=protocol))
+    x, y = load_cifar100(tmp_path, train=False)
+    _check_pixels(x, images)
+    assert y.tolist() == [0, 99, 5]
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04\x95", b"garbage that is no pickle"])
+def test_cifar_pickle_empty_truncated_or_garbage_names_the_file(tmp_path, content):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    (folder / "test").write_bytes(content)
+    with pytest.raises(ValueError, match="cifar-100-python/test'.*Re-extract"):
+        load_cifar100(tmp_path, train=False)
+
+
+def test_cifar10_binary_label_outside_classes_is_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    records = np.zeros((3, 3073), np.uint8)
+    records[:, 0] = [3, 10, 255]
+    (folder / "test_batch.bin").write_bytes(records.tobytes())
+    with pytest.raises(ValueError, match=r"labels in 0\.\.9.*got 10 at record 1 \(2 such"):
+        load_cifar10(tmp_path, train=False)
+
+
+def test_cifar10_python_label_outside_classes_is_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    _write_pickle(folder / "test_batch", np.zeros((2, 3072), np.uint8), b"labels", [0, 12])
+    with pytest.raises(ValueError, match=r"labels in 0\.\.9.*got 12"):
+        load_cifar10(tmp_path, train=False)
+
+
+def test_cifar10_binary_empty_file_is_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "test_batch.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="got 0 bytes.*empty or truncated"):
+        load_cifar10(tmp_path, train=False)
+
+
+def _mnist_test_files(tmp_path: Path) -> tuple[Path, bytes]:
+    images = np.zeros((2, 28, 28), np.uint8)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", 2051, images, True)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    _write_idx(path, 2049, np.array([1, 2], np.uint8), True)
+    return path, path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[: len(b) // 2], "ubyte.gz', got one that does not decompress.*truncated"),
+        (lambda b: b[:2] + b"\x08\x00" + bytes(40), "ubyte.gz', got one that does not decompress"),
+        (lambda b: gzip.compress(b""), "ubyte.gz', got 0 bytes. It is truncated or empty"),
+        (lambda b: b"", "ubyte.gz', got 0 bytes. It is truncated or empty"),
+    ],
+)
+def test_mnist_truncated_garbage_or_empty_gz_names_the_file(tmp_path, damage, message):
+    path, good = _mnist_test_files(tmp_path)
+    path.write_bytes(damage(good))
+    with pytest.raises(ValueError, match=f"t10k-labels-idx1-{message}"):
+        load_mnist(tmp_path, train=False)
+
+
+def test_mnist_label_outside_classes_is_refused(tmp_path):
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", 2051, np.zeros((2, 28, 28), np.uint8), False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", 2049, np.array([1, 11], np.uint8), False)
+    with pytest.raises(ValueError, match=r"labels in 0\.\.9 in .*t10k-labels-idx1-ubyte'"):
+        load_mnist(tmp_path, train=False)
