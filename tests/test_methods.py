@@ -24,7 +24,7 @@ NAMES = (
     "mail-trades",
     "mail-mart",
 )
-OFFICIAL = ("gair-trades", "mail-at", "mail-trades", "mail-mart")
+OFFICIAL = ("gair-trades", "mail-at", "mail-trades", "mail-mart", "trades")
 CASES = [(name, "paper") for name in NAMES] + [(name, "official") for name in OFFICIAL]
 
 
@@ -253,6 +253,37 @@ def test_official_gair_trades_is_gair_rst():
     paper = methods.get("gair-trades", copy.deepcopy(model), **ATTACK).loss(x, y).item()
     assert abs(paper - expected) > 1e-3
     assert method.loss(x, y).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_official_trades_runs_three_forwards_with_the_same_loss_and_gradient():
+    # The official TRADES code: f(x) for the CE, then f(x_adv) and f(x) again for the KL, all in train
+    # mode. Loss and gradient equal the two-forward form; BatchNorm's running statistics see the
+    # natural batch twice, in that order.
+    model = make_model(torch.float64, gain=8.0)
+    x, y = make_batch(torch.float64)
+    attack = {k: v for k, v in ATTACK.items() if k != "burn_in_epochs"}
+    _, x_adv, _, _, _ = reference(methods.get("trades", model, **attack), x, y)
+    oracle = copy.deepcopy(model)
+    for batch in (x, x_adv, x):
+        oracle(batch)
+
+    results = {}
+    for variant in ("paper", "official"):
+        net = copy.deepcopy(model)
+        seen = []
+        net[2].register_forward_hook(lambda module, inputs, output: seen.append(module.training))
+        loss = methods.get("trades", net, variant=variant, **attack).loss(x, y)
+        loss.backward()
+        grads = [p.grad.clone() for p in net.parameters()]
+        results[variant] = (loss.item(), grads, net[2].running_mean.clone(), sum(seen))
+    (paper_loss, paper_grads, paper_mean, paper_calls) = results["paper"]
+    (loss, grads, running_mean, calls) = results["official"]
+    assert (paper_calls, calls) == (2, 3)  # train-mode forwards (the attack's run in eval mode)
+    assert loss == pytest.approx(paper_loss, rel=1e-12)
+    for g, g_paper in zip(grads, paper_grads):
+        torch.testing.assert_close(g, g_paper)
+    torch.testing.assert_close(running_mean, oracle[2].running_mean)
+    assert not torch.allclose(running_mean, paper_mean)
 
 
 # --- GAIR-FAT: labels, κ and examples stay aligned when some stop early ----------------------------------

@@ -30,7 +30,9 @@ warm-up 0 and 10 epochs), ``gairat-awp`` and ``mail-at-awp`` (as ``gairat`` and 
 
 ``variant="official"`` gives the official codes' objectives where they differ from the papers:
 ``gair-trades`` becomes the GAIR-RST code's mean CE(f(x), y) + β·mean [w·KL(x_kl) + (1 − w)·KL(x_cw)]
-with unnormalised w (GAIRAT Eq. 13; x_cw from a CW attack), and the MAIL methods use 3·ω, unnormalised.
+with unnormalised w (GAIRAT Eq. 13; x_cw from a CW attack), the MAIL methods use 3·ω, unnormalised,
+and ``trades`` runs the official TRADES code's three train-mode forwards, f(x), f(x_adv) and f(x) again
+for the KL (the same loss and gradient; BatchNorm's running statistics see the natural batch twice).
 """
 
 from __future__ import annotations
@@ -102,6 +104,10 @@ class _Spec:
     signal: Optional[str] = None
     """``"kappa"`` (GAIRAT), ``"margin"`` (MAIL) or ``None`` (no reweighting)."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    kl_forward: bool = False
+    """TRADES' KL reads the natural logits of a second train-mode forward, run after the adversarial
+    one: the official TRADES code's three forwards (same loss and gradient, BatchNorm statistics
+    updated three times)."""
 
 
 # Threat model of both papers (SPEC §4); TRADES, MART and all MAIL code start at x + 0.001·N(0, I).
@@ -214,6 +220,7 @@ _OFFICIAL: Mapping[str, _Spec] = {
         name: _official(_METHODS[name], normalize="none", scale=3.0)
         for name in ("mail-at", "mail-trades", "mail-mart")
     },
+    "trades": replace(_METHODS["trades"], kl_forward=True),
 }
 
 _VARIANTS = ("paper", "official")
@@ -533,10 +540,13 @@ class Method:
             with torch.no_grad() if objective is Objective.AT else contextlib.nullcontext():
                 logits_nat = check_logits(model(x), x.shape[0], "model output")
         logits_adv = check_logits(model(x_adv), x.shape[0], "model output")
+        logits_kl = logits_nat
+        if self._spec.kl_forward:  # the official TRADES order: f(x), f(x_adv), f(x) again
+            logits_kl = check_logits(model(x), x.shape[0], "model output")
         # The attack checks the labels with the step's one synchronisation; until then clamped
         # labels keep every term defined (no device-side assert on a GPU).
         y = y.long().clamp(0, logits_adv.shape[1] - 1)
-        terms = self._terms(model, x, y, logits_nat, logits_adv, checks)
+        terms = self._terms(model, x, y, logits_nat, logits_adv, logits_kl, checks)
         rest = [t for k, t in terms.items() if k not in self.weighted_terms]
         loss = torch.stack(rest).sum(0).mean() if rest else logits_adv.new_zeros(())
         if weights is None:
@@ -564,9 +574,11 @@ class Method:
         y: Tensor,
         logits_nat: Optional[Tensor],
         logits_adv: Tensor,
+        logits_kl: Optional[Tensor],
         checks: DeferredChecks,
     ) -> Dict[Term, Tensor]:
-        """The per-example loss terms ``(N,)`` of the objective, each with its coefficient."""
+        """The per-example loss terms ``(N,)`` of the objective, each with its coefficient;
+        ``logits_kl``: the natural logits TRADES' KL reads (``logits_nat`` but for ``kl_forward``)."""
 
         def ce(logits: Tensor) -> Tensor:
             return F.cross_entropy(at_least_float32(logits), y, reduction="none")
@@ -583,7 +595,8 @@ class Method:
             }
         terms = {
             Term.CE_NAT: ce(logits_nat),
-            Term.KL: self._beta * trades_kl(logits_adv, logits_nat),
+            Term.KL: self._beta
+            * trades_kl(logits_adv, logits_nat if logits_kl is None else logits_kl),
         }
         if objective is Objective.RST and self._cw_attack is not None and self.reweighting:
             # w·KL + (1 − w)·KL_cw = w·(KL − KL_cw) + KL_cw; during burn-in w = 1 and x_cw is not needed.
