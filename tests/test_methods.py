@@ -271,7 +271,7 @@ def test_official_trades_runs_three_forwards_with_the_same_loss_and_gradient():
     for variant in ("paper", "official"):
         net = copy.deepcopy(model)
         seen = []
-        net[2].register_forward_hook(lambda module, inputs, output: seen.append(module.training))
+        net[2].register_forward_hook(lambda module, _, __, seen=seen: seen.append(module.training))
         loss = methods.get("trades", net, variant=variant, **attack).loss(x, y)
         loss.backward()
         grads = [p.grad.clone() for p in net.parameters()]
