@@ -56,15 +56,14 @@ def trained_params(state: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def resolve_threat(
-    state: Dict[str, Any],
+    trained: Dict[str, Any],
     eps: Union[float, str, None],
     protocol: Optional[str],
     norm: Optional[str] = None,
 ) -> Tuple[float, str, str]:
     """``(ε, norm, where they came from)``: the protocol's ball for ``eps="protocol"``, else ``eps``
-    if a number, else the ε the checkpoint's run trained with; the norm is ``norm`` if given, else
-    the one that goes with ε (the protocol's, or the run's)."""
-    trained = trained_params(state)
+    if a number, else the ε the run trained with (``trained``: its :func:`trained_params`); the
+    norm is ``norm`` if given, else the one that goes with ε (the protocol's, or the run's)."""
     if eps == "protocol":
         preset = evaluation.settings(protocol=protocol, attacks=("natural",))
         return float(preset["eps"]), norm or preset["norm"], f"protocol {protocol or 'default'}"
@@ -135,8 +134,9 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     state = training.load_checkpoint(checkpoint) if state is None else state
     config = training.TrainConfig.from_dict(state["config"])
-    clip = trained_params(state)["clip"]
-    eps_value, norm_value, eps_from = resolve_threat(state, eps, protocol, norm)
+    trained = trained_params(state)
+    clip = trained["clip"]
+    eps_value, norm_value, eps_from = resolve_threat(trained, eps, protocol, norm)
     settings = evaluation.settings(
         attacks=attacks,
         eps=eps_value,
@@ -263,7 +263,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Runs ``evaluate.py`` with ``argv``; returns the result record."""
     args = build_parser().parse_args(argv)
     state = training.load_checkpoint(args.checkpoint)
-    eps, norm, eps_from = resolve_threat(state, args.eps, args.protocol, args.norm)
+    eps, norm, _ = resolve_threat(trained_params(state), args.eps, args.protocol, args.norm)
     out = args.out or default_out(args.checkpoint, args.protocol, eps, norm)
     data_root = args.data_root or training.recorded_data_root(args.checkpoint.parent) or "data"
     record = evaluate_checkpoint(
@@ -288,7 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         f"{args.checkpoint} (after epoch {record['epoch'] - 1}, 0-based), protocol "
         f"{args.protocol or 'default'}, ε = {eps:.4g} ({_BALL[norm]}, "
         f"{eps_tag(eps).replace('-', '/')}; from "
-        f"{eps_from}): {accuracy}{done} -> {out}"
+        f"{record['eps_from']}): {accuracy}{done} -> {out}"
     )
     return record
 
