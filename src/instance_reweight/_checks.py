@@ -39,6 +39,26 @@ def check_labels(y: object, n: int, name: str = "y") -> Tensor:
     return y
 
 
+def check_losses(losses: object, n: Optional[int], source: str) -> Tensor:
+    """Per-example losses: a tensor of shape ``(N,)`` (``(n,)`` when ``n`` is known)."""
+    if not isinstance(losses, Tensor):
+        raise TypeError(
+            f"Expected {source} to return a tensor of per-example losses, got {type(losses).__name__}."
+        )
+    if losses.dim() == 0:
+        raise ValueError(
+            f"Expected {source} to return one loss per example, shape (N,), got a scalar: it reduces over "
+            "the batch. Build it with reduction='none' (e.g. nn.CrossEntropyLoss(reduction='none'))."
+        )
+    if losses.dim() != 1 or (n is not None and losses.shape[0] != n):
+        expected = f"({n},)" if n is not None else "(N,)"
+        raise ValueError(
+            f"Expected {source} to return one loss per example, shape {expected}, got {tuple(losses.shape)}; "
+            "sum the per-class terms (e.g. `.sum(dim=1)`) so that each example has one loss."
+        )
+    return losses
+
+
 def check_logits(logits: object, n: Optional[int] = None, name: str = "logits") -> Tensor:
     logits = check_tensor(logits, name)
     if not logits.is_floating_point():

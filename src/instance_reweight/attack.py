@@ -337,9 +337,8 @@ class GeometryAwareAttack:
         # Inputs, labels, logits and gradients are checked on the device and read once, after the
         # loop: no host synchronisation per step. Clamped labels keep the objective defined until then.
         self._queue_input_checks(x, checks)
-        if (
-            self.steps == 0
-        ):  # no step, but the labels and the model's output are checked all the same
+        if self.steps == 0:
+            # No step, but the labels and the model's output are checked all the same.
             with torch.no_grad():
                 logits = self._forward(x_adv, n)
             checks.add_labels_and_logits(y, logits.shape[1], torch.isfinite(logits).all())

@@ -6,8 +6,9 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from torch import Tensor, nn
 
+from ._checks import check_losses
 from .schemes import Scheme, SchemeLike
-from .weighting import InstanceWeighting, check_losses
+from .weighting import InstanceWeighting
 
 __all__ = ["InstanceReweightedLoss"]
 

@@ -13,7 +13,15 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import DeferredChecks, check_bool, check_choice, check_number, check_tensor, fail
+from ._checks import (
+    DeferredChecks,
+    check_bool,
+    check_choice,
+    check_losses,
+    check_number,
+    check_tensor,
+    fail,
+)
 from .distributed import global_logsumexp, world_size
 from .schemes import Scheme, SchemeLike, resolve_scheme
 
@@ -350,26 +358,6 @@ class InstanceWeighting:
 def weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
     """Σ w·ℓ / N, written so that an empty batch gives 0 rather than NaN."""
     return (weights * losses).sum() / max(losses.shape[0], 1)
-
-
-def check_losses(losses: object, n: Optional[int], source: str) -> Tensor:
-    """Per-example losses: a tensor of shape ``(N,)`` (``(n,)`` when ``n`` is known)."""
-    if not isinstance(losses, Tensor):
-        raise TypeError(
-            f"Expected {source} to return a tensor of per-example losses, got {type(losses).__name__}."
-        )
-    if losses.dim() == 0:
-        raise ValueError(
-            f"Expected {source} to return one loss per example, shape (N,), got a scalar: it reduces over "
-            "the batch. Build it with reduction='none' (e.g. nn.CrossEntropyLoss(reduction='none'))."
-        )
-    if losses.dim() != 1 or (n is not None and losses.shape[0] != n):
-        expected = f"({n},)" if n is not None else "(N,)"
-        raise ValueError(
-            f"Expected {source} to return one loss per example, shape {expected}, got {tuple(losses.shape)}; "
-            "sum the per-class terms (e.g. `.sum(dim=1)`) so that each example has one loss."
-        )
-    return losses
 
 
 def instance_weights(
