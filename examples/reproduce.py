@@ -302,10 +302,6 @@ class Reproduction:
                 "commands": self._commands(row),
                 "best_epoch": evals.get("best", {}).get("epoch"),
             }
-        markdown = self._markdown(ours, extra_columns, details, settings, command)
-        self.out.mkdir(parents=True, exist_ok=True)
-        md = self.out / f"{name}.md"
-        md.write_text(markdown)
         setting = {
             "protocol": spec["protocol"],
             "evaluation": settings,
@@ -314,6 +310,10 @@ class Reproduction:
             "seeds": sorted({d["seed"] for d in details.values() if d["seed"] is not None}),
             "devices": sorted({d["device"] for d in details.values() if d["device"]}),
         }
+        markdown = self._markdown(ours, extra_columns, details, setting, command)
+        self.out.mkdir(parents=True, exist_ok=True)
+        md = self.out / f"{name}.md"
+        md.write_text(markdown)
         training.write_json_atomic({"rows": ours, "setting": setting}, self.out / f"{name}.json")
         training.write_json_atomic(
             {
@@ -352,7 +352,7 @@ class Reproduction:
         ours: Dict[str, Dict[str, float]],
         extra_columns: List[str],
         details: Dict[str, Any],
-        settings: Optional[Dict[str, Any]],
+        setting: Dict[str, Any],
         command: str,
     ) -> str:
         spec = self.spec
@@ -398,16 +398,16 @@ class Reproduction:
                     info["status"],
                 ]
             lines.append("| " + " | ".join(cells) + " |")
-        seeds = sorted({str(d["seed"]) for d in details.values() if d["seed"] is not None})
-        devices = sorted({d["device"] for d in details.values() if d["device"]})
+        seeds = ", ".join(map(str, setting["seeds"])) or "—"
+        devices = ", ".join(setting["devices"]) or "—"
         lines += [
             "",
-            f"- Protocol: `{spec['protocol'] or 'custom'}` — {_describe_settings(settings)}. Eval mode, "
-            "float32.",
+            f"- Protocol: `{spec['protocol'] or 'custom'}` — "
+            f"{_describe_settings(setting['evaluation'])}. Eval mode, float32.",
             f"- Training: preset `{spec.get('preset')}` (see `python examples/train.py --list-presets`), "
-            f"seed {', '.join(seeds) or '—'}, device {', '.join(devices) or '—'}; s/epoch is training time "
-            "per epoch (the per-epoch monitor excluded); train min is the row's whole training with "
-            "the monitor, a shared prefix included; eval min is its evaluation.",
+            f"seed {seeds}, device {devices}; s/epoch is training time per epoch (the per-epoch "
+            "monitor excluded); train min is the row's whole training with the monitor, a shared "
+            "prefix included; eval min is its evaluation.",
         ]
         lines += [f"- {note}" for note in spec.get("notes", [])]
         for label, info in details.items():
