@@ -225,12 +225,12 @@ class Reproduction:
         """Trains the prefixes, then the rows; True when every selected row is trained."""
         for name in dict.fromkeys(r["prefix"] for r in self.rows if r.get("prefix")):
             epochs = self.spec["prefixes"][name]["epochs"]
-            if _status(self.prefix_dir(name)).get("epochs_done", 0) < epochs:
+            if training.read_status(self.prefix_dir(name)).get("epochs_done", 0) < epochs:
                 result = self._train(self.prefix_command(name), self.prefix_dir(name))
                 if result is None or result.epochs_done < epochs:
                     return False
         for row in self.rows:
-            if not _status(self.run_dir(row)).get("complete"):
+            if not training.read_status(self.run_dir(row)).get("complete"):
                 result = self._train(self.row_command(row), self.run_dir(row))
                 if result is None or not result.complete:
                     return False
@@ -240,12 +240,12 @@ class Reproduction:
         """Evaluates every trained row; True when every selected row is evaluated."""
         complete = True
         for row in self.rows:
-            if not _status(self.run_dir(row)).get("complete"):
+            if not training.read_status(self.run_dir(row)).get("complete"):
                 complete = False
                 continue
             for kind in self.spec.get("checkpoints", ["last"]):
                 path = self.run_dir(row) / f"eval-{kind}.json"
-                if path.is_file() and json.loads(path.read_text()).get("complete"):
+                if training.read_json(path).get("complete"):
                     continue
                 left = self._minutes_left()
                 if left is not None and left <= 0:
@@ -269,7 +269,7 @@ class Reproduction:
         settings: Optional[Dict[str, Any]] = None
         for row in rows:
             evals = {
-                kind: _read(self.run_dir(row) / f"eval-{kind}.json")
+                kind: training.read_json(self.run_dir(row) / f"eval-{kind}.json")
                 for kind in spec.get("checkpoints", ["last"])
             }
             values: Dict[str, float] = {}
@@ -284,7 +284,7 @@ class Reproduction:
             if values:
                 ours[row["label"]] = values
             log = training.read_log(self.run_dir(row) / "log.jsonl")
-            config = _read(self.run_dir(row) / "config.json")
+            config = training.read_json(self.run_dir(row) / "config.json")
             details[row["label"]] = {
                 "method": row["method"],
                 "status": _describe_status(self.run_dir(row), evals),
@@ -434,16 +434,8 @@ class Reproduction:
         return "\n".join(lines)
 
 
-def _status(folder: Path) -> Dict[str, Any]:
-    return training.read_status(folder)
-
-
-def _read(path: Path) -> Dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _describe_status(folder: Path, evals: Dict[str, Dict[str, Any]]) -> str:
-    status = _status(folder)
+    status = training.read_status(folder)
     if not status:
         return "not trained"
     if not status.get("complete"):

@@ -872,16 +872,20 @@ def _finished_message(out: Path, done: int, epochs: int) -> str:
     return f"the run in {out} already has {done} epochs (0..{done - 1}), as --stop-after asks."
 
 
+def read_json(path: Path) -> Dict[str, Any]:
+    """A JSON object written by these scripts, empty if the file does not exist (yet)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def read_status(out: Path) -> Dict[str, Any]:
     """The run's ``status.json`` (epochs done, complete, best), empty if it has none yet."""
-    path = Path(out) / "status.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(Path(out) / "status.json")
 
 
 def recorded_data_root(out: Path) -> Optional[str]:
     """The ``--data-root`` the run in ``out`` was started with (its ``config.json``), if any."""
-    path = Path(out) / "config.json"
-    return json.loads(path.read_text()).get("data_root") if path.is_file() else None
+    return read_json(Path(out) / "config.json").get("data_root")
 
 
 def mean_epoch_seconds(log: Sequence[Dict[str, Any]]) -> float:
