@@ -264,7 +264,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
         )
     shape = struct.unpack(f">{ndim}i", data[4 : 4 + 4 * ndim])
     # A bytearray keeps the array writable, which torch.from_numpy wants.
-    array = np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim)
+    array = np.frombuffer(bytearray(data), dtype=np.uint8, offset=header)
     if array.size != int(np.prod(shape)):
         raise ValueError(
             f"Expected {int(np.prod(shape))} values of shape {shape} in '{path}', got {array.size}. "

@@ -10,9 +10,9 @@ median for the MAIL methods, natural and PGD-20 accuracy on the monitored traini
 (dashed) subsets (GAIRAT Figure 4, top), the training loss with the learning rate, and the spread of
 the instance weights; panels no log has data for are left out. Runs branched from one prefix
 (``train.py --init-from``) share its log records: the prefix is drawn once, in black or grey and
-labelled with its runs, and each run from its branch point. ``--histograms``: for one run, the distribution of κ, PM and log10 w over
-epochs as heat maps. Epochs are 0-based, as in ``log.jsonl``. Every figure's path is printed;
-without matplotlib nothing is drawn and a message says so.
+labelled with its runs, and each run from its branch point. ``--histograms``: for one run, the
+distribution of κ, PM and log10 w over epochs as heat maps. Epochs are 0-based, as in ``log.jsonl``.
+Every figure's path is printed; without matplotlib nothing is drawn and a message says so.
 """
 
 from __future__ import annotations
@@ -119,8 +119,9 @@ def plot_curves(logs: Dict[str, Log], out: Path) -> Optional[Path]:
     """Learning curves of several runs, one colour each (see the module docstring).
 
     A prefix that branched runs share is drawn once, in black or grey and labelled with the runs
-    that branch from it, and each run from its branch point. Panels with no data in any log (PM for runs without MAIL, weights for runs without
-    reweighting) are left out; every point carries a marker, so a one-epoch series shows.
+    that branch from it, and each run from its branch point. Panels with no data in any log (PM for
+    runs without MAIL, weights for runs without reweighting) are left out; every point carries a
+    marker, so a one-epoch series shows.
     """
     plt = import_pyplot(f"the learning curves ({out})")
     if plt is None:
