@@ -13,7 +13,7 @@ from .loss import InstanceReweightedLoss
 from .margin import ProbabilisticMargin, probabilistic_margin, probabilistic_margin_dif
 from .normalize import Normalized
 from .sampler import IndexedDataset, InstanceReweightedSampler
-from .scheduler import BurnInScheduler
+from .scheduler import BurnInScheduler, EpsilonScheduler
 from .weighting import InstanceWeighting, instance_reweighted_loss, instance_weights
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "AdversarialWeightPerturbation",
     "AttackOutput",
     "BurnInScheduler",
+    "EpsilonScheduler",
     "GeometryAwareAttack",
     "IndexedDataset",
     "InstanceReweightedLoss",

@@ -1,4 +1,8 @@
-"""Burn-in: plain adversarial training first, instance reweighting from a given epoch on."""
+"""Schedules over training time: the burn-in of the reweighting, and the ramp of the attack's ε.
+
+Time is passed in explicitly, as with torch's LR schedulers: ``step(epoch)`` at the start of every
+epoch (or, for the ε ramp, of every batch with a fractional epoch).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ import math
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from ._checks import check_int, check_number
+from .attack import GeometryAwareAttack
 from .loss import InstanceReweightedLoss
 from .weighting import InstanceWeighting
 
-__all__ = ["BurnInScheduler"]
+__all__ = ["BurnInScheduler", "EpsilonScheduler"]
 
 Lam = Union[float, Callable[[int], float]]
 
@@ -150,4 +155,147 @@ class BurnInScheduler:
         return (
             f"{type(self).__name__}(burn_in_epochs={self.burn_in_epochs}, last_epoch={self.last_epoch}, "
             f"active={self.active}, lam={self.lam!r})"
+        )
+
+
+_EPS_STATE_KEYS = ("eps", "step_size", "ramp_epochs", "last_epoch")
+
+
+class EpsilonScheduler:
+    r"""Ramps an attack's radius ε — and its step α with it — linearly from 0 over the first epochs.
+
+    .. math::
+
+        \epsilon(t) = \epsilon \cdot \min\Bigl(1, \frac{t}{T}\Bigr), \qquad
+        \alpha(t) = \alpha \cdot \frac{\epsilon(t)}{\epsilon}
+
+    with :math:`t` the (fractional, 0-based) epoch and :math:`T` = ``ramp_epochs``: the ratio α/ε is
+    kept, so every PGD iterate of the ramp can still reach the boundary of the smaller ball. This is the
+    usual remedy for MNIST's chance plateau at ε = 0.3 (and the ε schedule of certified training, Gowal
+    et al. 2019). At ε(t) = 0 every iterate is x itself, whatever α; α is then left at its final value.
+    ``ramp_epochs=0`` keeps ε and α at their final values from the start.
+
+    Call ``step(epoch + i / len(loader))`` before batch ``i`` for a per-batch ramp, or ``step(epoch)``
+    once per epoch for a per-epoch one. The scheduler starts at epoch 0 (ε = 0 unless ``ramp_epochs=0``).
+
+    Args:
+        attack: the :class:`~instance_reweight.GeometryAwareAttack` whose ``eps`` and ``step_size`` it
+            sets (a method of :mod:`instance_reweight.methods` takes ``eps_ramp_epochs=`` instead).
+        ramp_epochs: number of epochs :math:`T` over which ε grows from 0 to ``eps`` (a float ≥ 0).
+        eps: the final radius; ``None`` takes the attack's ``eps``.
+        step_size: the final step α; ``None`` takes the attack's ``step_size``.
+
+    Raises:
+        TypeError: if ``attack`` is not a :class:`~instance_reweight.GeometryAwareAttack`, or on a
+            non-numeric argument or epoch.
+        ValueError: on a negative or non-finite ``ramp_epochs``, ``eps`` or epoch, or a non-positive
+            ``step_size``.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> attack = GeometryAwareAttack(nn.Linear(4, 2), eps=0.3, step_size=0.04, steps=10)
+        >>> ramp = EpsilonScheduler(attack, ramp_epochs=2)
+        >>> for t in (0.0, 0.5, 1.0, 2.0, 7.25):
+        ...     ramp.step(t)
+        ...     print(f"{t}: eps={attack.eps:.3f} step_size={attack.step_size:.3f}")
+        0.0: eps=0.000 step_size=0.040
+        0.5: eps=0.075 step_size=0.010
+        1.0: eps=0.150 step_size=0.020
+        2.0: eps=0.300 step_size=0.040
+        7.25: eps=0.300 step_size=0.040
+    """
+
+    def __init__(
+        self,
+        attack: GeometryAwareAttack,
+        *,
+        ramp_epochs: float,
+        eps: Optional[float] = None,
+        step_size: Optional[float] = None,
+    ) -> None:
+        if not isinstance(attack, GeometryAwareAttack):
+            raise TypeError(
+                f"Expected `attack` to be a GeometryAwareAttack, got {type(attack).__name__}; for a "
+                "method of ir.methods pass `eps_ramp_epochs=` to ir.methods.get instead."
+            )
+        self.attack = attack
+        self.ramp_epochs = check_number(ramp_epochs, "ramp_epochs", minimum=0.0)
+        self.eps = check_number(
+            attack.eps if eps is None else eps, "eps", minimum=0.0, hint=" (the final radius)"
+        )
+        self.step_size = check_number(
+            attack.step_size if step_size is None else step_size,
+            "step_size",
+            minimum=0.0,
+            strict=True,
+        )
+        self.last_epoch = 0.0
+        self._apply()
+
+    @property
+    def fraction(self) -> float:
+        """ε(t)/ε at the current epoch: from 0 to 1 over the ramp, then 1."""
+        if self.ramp_epochs == 0:
+            return 1.0
+        return min(1.0, self.last_epoch / self.ramp_epochs)
+
+    def step(self, epoch: Optional[float] = None) -> None:
+        """Move to ``epoch`` (0-based, fractional for a per-batch ramp), or to the next whole epoch."""
+        if epoch is None:
+            epoch = math.floor(self.last_epoch) + 1
+        self.last_epoch = check_number(
+            epoch, "epoch", minimum=0.0, hint=" (0-based, may be fractional)"
+        )
+        self._apply()
+
+    def _apply(self) -> None:
+        fraction = self.fraction
+        self.attack.eps = self.eps * fraction
+        # At ε(t) = 0 every iterate is x: α is irrelevant, and the attack needs it > 0.
+        self.attack.step_size = self.step_size * fraction if fraction > 0 else self.step_size
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Plain values only (loads under ``torch.load(weights_only=True)``)."""
+        return {
+            "eps": self.eps,
+            "step_size": self.step_size,
+            "ramp_epochs": self.ramp_epochs,
+            "last_epoch": self.last_epoch,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the final ε and α, the ramp and the epoch, and set the attack from them.
+
+        Every value is checked before any is applied: a bad state changes nothing.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                "Expected `state_dict` to be the dict of EpsilonScheduler.state_dict(), got "
+                f"{type(state_dict).__name__}."
+            )
+        if set(state_dict) != set(_EPS_STATE_KEYS):
+            raise ValueError(
+                f"Expected `state_dict` with the keys {', '.join(_EPS_STATE_KEYS)} (from "
+                f"EpsilonScheduler.state_dict()), got {sorted(map(str, state_dict))}."
+            )
+        eps = check_number(state_dict["eps"], "state_dict['eps']", minimum=0.0)
+        step_size = check_number(
+            state_dict["step_size"], "state_dict['step_size']", minimum=0.0, strict=True
+        )
+        ramp_epochs = check_number(
+            state_dict["ramp_epochs"], "state_dict['ramp_epochs']", minimum=0.0
+        )
+        last_epoch = check_number(state_dict["last_epoch"], "state_dict['last_epoch']", minimum=0.0)
+        self.eps, self.step_size, self.ramp_epochs, self.last_epoch = (
+            eps,
+            step_size,
+            ramp_epochs,
+            last_epoch,
+        )
+        self._apply()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(eps={self.eps:.6g}, step_size={self.step_size:.6g}, "
+            f"ramp_epochs={self.ramp_epochs:g}, last_epoch={self.last_epoch:g})"
         )
