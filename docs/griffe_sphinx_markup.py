@@ -16,7 +16,9 @@ from typing import Any
 
 import griffe
 
-_MATH_BLOCK = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*\n(?P<body>(?:(?P=indent)[ \t]+\S.*\n|[ \t]*\n)+)", re.M)
+_MATH_BLOCK = re.compile(
+    r"^(?P<indent>[ \t]*)\.\. math::[ \t]*\n(?P<body>(?:(?P=indent)[ \t]+\S.*\n|[ \t]*\n)+)", re.M
+)
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _SUB_ROLE = re.compile(r":sub:`([^`]+)`")
 _REF_ROLE = re.compile(r":(class|meth|func|attr|data|mod|exc):`(~?)([\w.]+)`")
