@@ -389,3 +389,61 @@ def test_rows_table_in_percent_with_seeds_in_numeric_order():
 def test_rows_table_rejects_bad_input(records, error):
     with pytest.raises(error, match="Expected"):
         ps.rows_table(records)
+
+
+# --- claim_plot ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def claim_plot(monkeypatch):
+    """claim_plot with its figures kept (in ``claim_plot.drawn``) for inspection after saving."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import claim_plot
+
+    drawn = []
+    real = claim_plot.save_figure
+
+    def keep(fig, out, **kwargs):
+        drawn.append(fig)
+        return real(fig, out, **kwargs)
+
+    monkeypatch.setattr(claim_plot, "save_figure", keep)
+    monkeypatch.setattr(claim_plot, "drawn", drawn, raising=False)
+    return claim_plot
+
+
+def test_claim_figure_draws_one_interval_per_judged_claim_and_metric(tmp_path, table, claim_plot):
+    from matplotlib.image import imread
+
+    out = tmp_path / "figures" / "claims.png"
+    assert claim_plot.plot_claims(table, out) == out
+    width = imread(out).shape[1]
+    assert 900 <= width <= 1000
+    (fig,) = claim_plot.drawn
+    panels = fig.axes[:2]
+    assert [ax.get_title() for ax in panels] == [
+        "PGD-40: method − baseline",
+        "AutoAttack: method − baseline",
+    ]
+    for ax in panels:
+        # C1, C2 (seed-level: filled dots) and C6 (one seed: hollow squares); C9 pairs no seed
+        assert [bar.lines[0].get_marker() for bar in ax.containers] == ["o", "o", "s"]
+        # the interval's line: solid (no dash pattern), solid, dashed
+        dashes = [bar.lines[2][0].get_linestyle()[0][1] for bar in ax.containers]
+        assert [pattern is not None for pattern in dashes] == [False, False, True]
+        assert any(list(line.get_xdata()) == [0.0, 0.0] for line in ax.lines)  # the line at 0
+    seed_dots = [line for line in panels[0].lines if line.get_marker() == "."]
+    assert sorted(len(line.get_xdata()) for line in seed_dots) == [1, 3, 3]
+    labels = [tick.get_text() for tick in panels[0].get_yticklabels()]
+    assert labels == [
+        "C1: GAIRAT − AT (3 seeds)\nPGD-40 not shown · AutoAttack contradicted",
+        "C2: GAIRAT − AT (3 seeds)\nPGD-40 no claim · AutoAttack shown",
+        "C6: AWP − AT (1 seed)\nPGD-40 not shown · AutoAttack not shown",
+        "C9: FAT − AT (0 seeds)\nPGD-40 no paired seed · AutoAttack no claim",
+    ]
+
+
+def test_claim_figure_needs_a_claim(tmp_path, claim_plot):
+    with pytest.raises(ValueError, match="Expected at least one claim"):
+        claim_plot.plot_claims({}, tmp_path / "claims.png")
