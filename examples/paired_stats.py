@@ -338,9 +338,13 @@ class Claim(NamedTuple):
 
 def _seed(seed: object) -> int:
     """A seed key as an int: records read from JSON key seeds by strings ("0")."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, str)):
+        raise TypeError(
+            f"Expected seed keys as ints or digit strings ('0'), got {type(seed).__name__} {seed!r}."
+        )
     if isinstance(seed, str) and seed.isdigit():
         return int(seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, str) or seed < 0:
         raise ValueError(f"Expected seed keys as ints >= 0 or their digits ('0'), got {seed!r}.")
     return seed
 
@@ -365,7 +369,7 @@ def _comparison(
     claim: Claim,
     metric: str,
     resamples: int,
-    seed: int,
+    bootstrap_seed: int,
 ) -> Dict[str, Any]:
     """One claim's statistics under one metric (see :func:`claims_table`)."""
     per_seed: Dict[str, Dict[str, Any]] = {}
@@ -381,7 +385,7 @@ def _comparison(
             skipped[str(k)] = "; ".join(missing)
             continue
         a, b = method[k][metric], baseline[k][metric]
-        boot = paired_bootstrap(a, b, resamples=resamples, seed=seed)
+        boot = paired_bootstrap(a, b, resamples=resamples, seed=bootstrap_seed)
         test = mcnemar_exact(a, b)
         boots.append(boot)
         per_seed[str(k)] = {
@@ -392,7 +396,8 @@ def _comparison(
             "b10": test.b10,
             "images": boot.n,
         }
-    direction = claim.directions.get(metric)
+    claimed = claim.directions.get(metric)
+    direction = None if claimed is None else _direction(claimed)
     result: Dict[str, Any] = {
         "method": claim.method,
         "baseline": claim.baseline,
@@ -413,9 +418,9 @@ def _comparison(
     else:
         primary, result["interval"] = seed_interval([b.mean for b in boots]), "seeds"
     result["mean"] = _pct(primary.mean)
-    result["ci95"] = _ci95(primary)
-    if direction is not None:
-        result["verdict"] = verdict(primary, direction)
+    lo, hi = result["ci95"] = _ci95(primary)
+    if direction is not None:  # judged as reported, so the JSON's bounds and verdict agree
+        result["verdict"] = verdict(Interval(result["mean"], lo, hi, primary.n), direction)
     return result
 
 
@@ -425,7 +430,7 @@ def claims_table(
     metrics: Sequence[str],
     *,
     resamples: int = 10_000,
-    seed: int = 0,
+    bootstrap_seed: int = 0,
 ) -> Dict[str, Dict[str, Dict[str, Any]]]:
     """Every claim's paired difference, method − baseline in percent, under each metric.
 
@@ -435,8 +440,9 @@ def claims_table(
     With two or more paired seeds the primary interval is :func:`seed_interval` over the d_k
     (``"interval": "seeds"``); with one, that seed's :func:`paired_bootstrap` interval over images
     (``"interval": "images"``, ``"single_seed": true``: it ignores seed-to-seed variation). The
-    verdict (:func:`verdict` of the primary interval) is given for the metrics the claim states a
-    direction for, ``None`` for the others and when no seed pairs.
+    verdict (:func:`verdict` of the primary interval as reported, rounded to 0.01 points) is given
+    for the metrics the claim states a direction for, ``None`` for the others and when no seed
+    pairs.
 
     Args:
         records: ``records[row][seed][metric]``: 1-D bool outcome per image; seeds as ints or digit
@@ -444,7 +450,7 @@ def claims_table(
         claims: the claims under test.
         metrics: the metrics reported for every claim, e.g. ``("pgd40", "aa")``.
         resamples: bootstrap resamples per seed.
-        seed: seed of the bootstrap's generator.
+        bootstrap_seed: seed of the bootstrap's generator.
 
     Returns:
         ``{claim id: {metric: {"method", "baseline", "direction", "n_seeds", "single_seed",
@@ -483,7 +489,7 @@ def claims_table(
                 claim,
                 metric,
                 resamples,
-                seed,
+                bootstrap_seed,
             )
             for metric in metrics
         }

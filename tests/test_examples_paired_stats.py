@@ -359,6 +359,8 @@ def test_claims_table_without_a_paired_seed_judges_nothing(table):
 
 def test_claims_table_is_plain_json(table):
     assert json.loads(json.dumps(table)) == table
+    floats = ps.claims_table(RECORDS, [ps.Claim("C", "GAIRAT", "AT", {"aa": -1.0})], ["aa"])
+    assert floats["C"]["aa"]["direction"] == -1 and type(floats["C"]["aa"]["direction"]) is int
 
 
 @pytest.mark.parametrize(
@@ -384,8 +386,10 @@ def test_rows_table_in_percent_with_seeds_in_numeric_order():
 
 @pytest.mark.parametrize(
     "records, error",
-    [({"AT": {0: {"nat": flags("")}}}, ValueError), ({"AT": {-1: {}}}, ValueError)],
-)
+    [({"AT": {0: {"nat": flags("")}}}, ValueError), ({"AT": {-1: {}}}, ValueError),
+     ({"AT": {"s0": {}}}, ValueError), ({"AT": {0.0: {}}}, TypeError),
+     ({"AT": {0: {"nat": np.array([1, 0])}}}, TypeError)],
+)  # fmt: skip
 def test_rows_table_rejects_bad_input(records, error):
     with pytest.raises(error, match="Expected"):
         ps.rows_table(records)
