@@ -28,8 +28,6 @@ import numpy as np
 Seed = Union[int, str]
 Records = Mapping[str, Mapping[Seed, Mapping[str, Any]]]
 
-VERDICTS = ("shown", "contradicted", "not shown")
-
 
 def _flags(value: object, name: str) -> np.ndarray:
     """A 1-D boolean array of per-image outcomes."""
