@@ -165,12 +165,12 @@ def plan(
             "epoch.json",
         ),
         *(
-            grid(f"grid-compiled-b128-{p}-{f}", 128, 90, "--modes", "compiled",
+            grid(f"grid-compiled-b128-{p}-{f}", 128, 120, "--modes", "compiled",
                  "--precisions", p, "--formats", f)
             for p, f in COMPILED
         ),
         grid("grid-eager-b512", 512, 60, "--modes", "eager"),
-        grid("grid-compiled-b512-bfloat16-channels_last", 512, 90, "--modes", "compiled",
+        grid("grid-compiled-b512-bfloat16-channels_last", 512, 120, "--modes", "compiled",
              "--precisions", "bfloat16", "--formats", "channels_last"),
         Stage(
             "agreement",
