@@ -133,7 +133,9 @@ def test_results_reach_the_disk_stage_by_stage(tmp_path):
     """A stage that fails, one that hangs and one over budget leave the first stage's results."""
     combined = tmp_path / COMBINED
     result = {"epoch_seconds": {"first": {"seconds_per_epoch": 2.5}}}
-    write = f"import json; open({str(tmp_path / 'first.json')!r}, 'w').write({json.dumps(result)!r})"
+    write = (
+        f"import json; open({str(tmp_path / 'first.json')!r}, 'w').write({json.dumps(result)!r})"
+    )
     # Run while the calibration goes on: the first stage's results must already be on disk.
     check = (
         f"import json, sys; d = json.load(open({str(combined)!r})); "
