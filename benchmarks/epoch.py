@@ -113,15 +113,14 @@ def synthetic_dataset(n: int, in_channels: int, num_classes: int) -> Batch:
 
 def time_method(
     method_name: str,
+    recipe: Any,
     loader: Any,
     args: argparse.Namespace,
     device: torch.device,
-    fast: bool,
     channels_last: bool,
 ) -> Dict[str, Dict[str, float]]:
     """The ``step`` and ``together`` passes of one method on a fresh copy of the preset's network."""
     training = example_module("training")
-    recipe = example_module("presets").get_preset(args.preset)
     info = example_module("data").dataset_info(recipe.data)
     config = training.TrainConfig(
         method=method_name,
@@ -147,6 +146,7 @@ def time_method(
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
+    fast = args.precision == "bf16"
     step = training_step(method, optimizer, device, fast=fast, channels_last=channels_last)
     forward.train()
     resident = list(itertools.islice(loader, RESIDENT))
@@ -203,6 +203,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         The results file's content after the merge.
     """
     args = _parser().parse_args(argv)
+    for name in ("steps", "warmup", "max_seconds", "batch_size", "train_examples"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            option = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"Expected {option} >= {0 if name == 'warmup' else 1}, got {value}. Pass a "
+                "positive count (or seconds); omit --batch-size and --train-examples for the preset's."
+            )
     device = torch.device(args.device)
     if args.precision is None:
         args.precision = "bf16" if device.type == "cuda" else "fp32"
@@ -240,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for method_name in args.methods:
         passes = {
             "loader": dict(loader_pass),
-            **time_method(method_name, loader, args, device, fast, channels_last),
+            **time_method(method_name, recipe, loader, args, device, channels_last),
         }
         for stats in passes.values():
             stats["seconds_per_epoch"] = stats["seconds_per_step"] * steps_per_epoch

@@ -332,6 +332,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "Expected --out DIR or the environment variable OUT, got neither. Pass the folder the "
             "results go to, e.g. --out /tmp/calibration."
         )
+    if args.budget < 0:
+        raise ValueError(f"Expected --budget >= 0 seconds, got {args.budget}.")
     device = torch.device(args.device)
     stages = plan(out, args.device, smoke=args.smoke, data=args.data, peak=args.peak_tflops)
     if args.stages is not None:

@@ -187,6 +187,18 @@ def test_bad_arguments_say_what_was_expected(tmp_path, monkeypatch):
         cal.main(["--smoke", "--device", "cpu"])
     with pytest.raises(ValueError, match="Expected --stages among ratios, .*got \\['gird'\\]"):
         cal.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--stages", "gird"])
+    with pytest.raises(ValueError, match="Expected --budget >= 0 seconds, got -1.0"):
+        cal.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--budget", "-1"])
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [("--steps=0", "Expected --steps >= 1, got 0"), ("--warmup=-1", "Expected --warmup >= 0"),
+     ("--batch-size=0", "Expected --batch-size >= 1")],
+)  # fmt: skip
+def test_epoch_rejects_counts_below_one(tmp_path, option, message):
+    with pytest.raises(ValueError, match=message):
+        epoch.main(["--device", "cpu", option, "--out", str(tmp_path / "epoch.json")])
 
 
 def test_timed_pass_stops_at_its_time_cap():
