@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import evaluate
 import plots
+import run_files
 import train
 import training
 from tables import ATTACK_OF_COLUMN, COLUMN_OF_ATTACK, COLUMN_TITLES, SPECS
@@ -225,12 +226,12 @@ class Reproduction:
         """Trains the prefixes, then the rows; True when every selected row is trained."""
         for name in dict.fromkeys(r["prefix"] for r in self.rows if r.get("prefix")):
             epochs = self.spec["prefixes"][name]["epochs"]
-            if training.read_status(self.prefix_dir(name)).get("epochs_done", 0) < epochs:
+            if run_files.read_status(self.prefix_dir(name)).get("epochs_done", 0) < epochs:
                 result = self._train(self.prefix_command(name), self.prefix_dir(name))
                 if result is None or result.epochs_done < epochs:
                     return False
         for row in self.rows:
-            if not training.read_status(self.run_dir(row)).get("complete"):
+            if not run_files.read_status(self.run_dir(row)).get("complete"):
                 result = self._train(self.row_command(row), self.run_dir(row))
                 if result is None or not result.complete:
                     return False
@@ -240,12 +241,12 @@ class Reproduction:
         """Evaluates every trained row; True when every selected row is evaluated."""
         complete = True
         for row in self.rows:
-            if not training.read_status(self.run_dir(row)).get("complete"):
+            if not run_files.read_status(self.run_dir(row)).get("complete"):
                 complete = False
                 continue
             for kind in self.spec.get("checkpoints", ["last"]):
                 path = self.run_dir(row) / f"eval-{kind}.json"
-                if training.read_json(path).get("complete"):
+                if run_files.read_json(path).get("complete"):
                     continue
                 left = self._minutes_left()
                 if left is not None and left <= 0:
@@ -269,7 +270,7 @@ class Reproduction:
         settings: Optional[Dict[str, Any]] = None
         for row in rows:
             evals = {
-                kind: training.read_json(self.run_dir(row) / f"eval-{kind}.json")
+                kind: run_files.read_json(self.run_dir(row) / f"eval-{kind}.json")
                 for kind in spec.get("checkpoints", ["last"])
             }
             values: Dict[str, float] = {}
@@ -283,12 +284,12 @@ class Reproduction:
                         extra_columns.append(column)
             if values:
                 ours[row["label"]] = values
-            log = training.read_log(self.run_dir(row) / "log.jsonl")
-            config = training.read_json(self.run_dir(row) / "config.json")
+            log = run_files.read_log(self.run_dir(row) / "log.jsonl")
+            config = run_files.read_json(self.run_dir(row) / "config.json")
             details[row["label"]] = {
                 "method": row["method"],
                 "status": _describe_status(self.run_dir(row), evals),
-                "seconds_per_epoch": training.mean_epoch_seconds(log),
+                "seconds_per_epoch": run_files.mean_epoch_seconds(log),
                 "train_minutes": sum(r["seconds"] + r.get("seconds_monitor", 0.0) for r in log)
                 / 60,
                 "eval_minutes": sum(
@@ -314,8 +315,8 @@ class Reproduction:
         self.out.mkdir(parents=True, exist_ok=True)
         md = self.out / f"{name}.md"
         md.write_text(markdown)
-        training.write_json_atomic({"rows": ours, "setting": setting}, self.out / f"{name}.json")
-        training.write_json_atomic(
+        run_files.write_json_atomic({"rows": ours, "setting": setting}, self.out / f"{name}.json")
+        run_files.write_json_atomic(
             {
                 "table": name,
                 "title": spec.get("title"),
@@ -328,7 +329,7 @@ class Reproduction:
             },
             self.out / f"{name}-details.json",
         )
-        logs = {r["label"]: training.read_log(self.run_dir(r) / "log.jsonl") for r in rows}
+        logs = {r["label"]: run_files.read_log(self.run_dir(r) / "log.jsonl") for r in rows}
         logs = {k: v for k, v in logs.items() if v}
         if logs:
             plots.plot_curves(logs, self.out / "curves.png")
@@ -435,7 +436,7 @@ class Reproduction:
 
 
 def _describe_status(folder: Path, evals: Dict[str, Dict[str, Any]]) -> str:
-    status = training.read_status(folder)
+    status = run_files.read_status(folder)
     if not status:
         return "not trained"
     if not status.get("complete"):

@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import evaluate  # noqa: E402
+import run_files  # noqa: E402
 import train  # noqa: E402
 import training  # noqa: E402
 from test_examples_scripts import tiny, write_tiny_cifar10  # noqa: E402
@@ -34,15 +35,15 @@ def smoke(data_root, tmp_path_factory) -> Path:
 
 
 def test_max_steps_per_epoch_ends_the_epoch_early_and_is_recorded(smoke):
-    (record,) = training.read_log(smoke / "log.jsonl")
+    (record,) = run_files.read_log(smoke / "log.jsonl")
     assert record["epoch"] == 0 and record["examples"] == 2 * 16  # 2 batches of 16, not 80
-    assert training.load_checkpoint(smoke / "checkpoint.pt")["config"]["max_steps_per_epoch"] == 2
+    assert run_files.load_checkpoint(smoke / "checkpoint.pt")["config"]["max_steps_per_epoch"] == 2
 
 
 def test_console_and_log_number_epochs_from_zero(data_root, tmp_path, capsys):
     train.main(tiny(data_root, "--method=at", "--max-steps-per-epoch=1", f"--out={tmp_path / 'r'}"))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
-    logged = [r["epoch"] for r in training.read_log(tmp_path / "r" / "log.jsonl")]
+    logged = [r["epoch"] for r in run_files.read_log(tmp_path / "r" / "log.jsonl")]
     assert [int(line.split()[1]) for line in lines] == logged == [0, 1]
 
 
@@ -87,7 +88,7 @@ def test_ctrl_c_exits_with_one_line_and_keeps_the_last_epoch(data_root, tmp_path
     message = str(stop.value.code)
     assert "\n" not in message and "holds epochs 0..0" in message
     assert f"--out {out} --resume" in message
-    assert training.load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert run_files.load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     assert not list(out.glob(".*tmp"))
 
 
@@ -153,6 +154,6 @@ def test_evaluate_checks_optional_packages_before_any_attack(smoke, monkeypatch)
 
 
 def test_checkpoint_digest_is_stable_across_save_and_load(smoke):
-    state = training.load_checkpoint(smoke / "checkpoint.pt")
+    state = run_files.load_checkpoint(smoke / "checkpoint.pt")
     raw = torch.load(smoke / "checkpoint.pt", weights_only=True)
-    assert raw["sha256"] == training.state_digest(state)
+    assert raw["sha256"] == run_files.state_digest(state)
