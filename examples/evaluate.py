@@ -23,8 +23,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+import run_files
 import torch
-import training
+from config import TrainConfig, device_name, make_method, resolve_device
 from data import DeviceLoader, load_dataset
 from torch import nn
 
@@ -51,8 +52,8 @@ def check_optional_packages(attacks: Sequence[str]) -> None:
 
 def trained_params(state: Dict[str, Any]) -> Dict[str, Any]:
     """The hyper-parameters the checkpoint's run trained with (ε, clip, ...; its overrides applied)."""
-    config = training.TrainConfig.from_dict(state["config"])
-    return dict(training.make_method(config, nn.Linear(1, 1)).params)
+    config = TrainConfig.from_dict(state["config"])
+    return dict(make_method(config, nn.Linear(1, 1)).params)
 
 
 def resolve_threat(
@@ -122,7 +123,7 @@ def evaluate_checkpoint(
         out: JSON file to write after every attack; results already there are reused.
         max_minutes: start no attack after this many minutes (the record says ``"complete": false``).
         progress: show progress bars.
-        state: the checkpoint already loaded with :func:`training.load_checkpoint` (else it is).
+        state: the checkpoint already loaded with :func:`run_files.load_checkpoint` (else it is).
 
     Returns:
         ``{"checkpoint", "epoch", "config", "protocol", "eps_from", "settings", "accuracy":
@@ -132,8 +133,8 @@ def evaluate_checkpoint(
         ImportError: if an attack needs an optional package that is missing, before any work.
     """
     start = time.perf_counter()
-    state = training.load_checkpoint(checkpoint) if state is None else state
-    config = training.TrainConfig.from_dict(state["config"])
+    state = run_files.load_checkpoint(checkpoint) if state is None else state
+    config = TrainConfig.from_dict(state["config"])
     trained = trained_params(state)
     clip = trained["clip"]
     eps_value, norm_value, eps_from = resolve_threat(trained, eps, protocol, norm)
@@ -147,8 +148,8 @@ def evaluate_checkpoint(
         clip=clip,
     )
     check_optional_packages(list(settings["attacks"]))
-    where = training.resolve_device(device)
-    model = training.model_from_checkpoint(state).to(where)
+    where = resolve_device(device)
+    model = run_files.model_from_checkpoint(state).to(where)
     record: Dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "epoch": int(state["epoch"]),
@@ -160,7 +161,7 @@ def evaluate_checkpoint(
         "seconds": {},
         "complete": False,
         "mode": "eval, float32",
-        "device": training.device_name(where),
+        "device": device_name(where),
         "torch": torch.__version__,
     }
     previous = _previous(out, record)
@@ -190,10 +191,10 @@ def evaluate_checkpoint(
         record["accuracy"][name] = result[name]
         record["seconds"][name] = time.perf_counter() - tic
         if out is not None:
-            training.write_json_atomic(record, out)
+            run_files.write_json_atomic(record, out)
     record["complete"] = len(record["accuracy"]) == len(settings["attacks"])
     if out is not None:
-        training.write_json_atomic(record, out)
+        run_files.write_json_atomic(record, out)
     return record
 
 
@@ -262,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Runs ``evaluate.py`` with ``argv``; returns the result record."""
     args = build_parser().parse_args(argv)
-    state = training.load_checkpoint(args.checkpoint)
+    state = run_files.load_checkpoint(args.checkpoint)
     eps, norm, _ = resolve_threat(trained_params(state), args.eps, args.protocol, args.norm)
     out = args.out or default_out(args.checkpoint, args.protocol, eps, norm)
-    data_root = args.data_root or training.recorded_data_root(args.checkpoint.parent) or "data"
+    data_root = args.data_root or run_files.recorded_data_root(args.checkpoint.parent) or "data"
     record = evaluate_checkpoint(
         args.checkpoint,
         data_root=data_root,

@@ -14,7 +14,7 @@ logits of shape ``(N, num_classes)``.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -270,8 +270,9 @@ class SmallCNN(nn.Module):
         for m in self.features:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
-                nn.init.zeros_(m.bias)
-        last = self.classifier[-1]
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        last = cast(nn.Linear, self.classifier[-1])
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 

@@ -22,7 +22,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from training import WEIGHT_BINS, read_log
+from monitoring import WEIGHT_BINS
+from run_files import read_log
 
 Log = List[Dict[str, Any]]
 

@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -164,14 +164,18 @@ def draw_figure(toys: Dict[str, Trained], eps: float, out: Path) -> Optional[Pat
     for row, (toy, trained) in zip(axes, toys.items()):
         x, y = trained.data
         kappa, margin = kappa_and_margin(trained.models["at"], trained.data, eps)
-        panels = [(row[0], "at", kappa, "viridis", None, f"{toy}: κ under AT (dark: attackable)")]
+        panels: List[Tuple[Any, str, Tensor, str, Optional[LogNorm], str]] = [
+            (row[0], "at", kappa, "viridis", None, f"{toy}: κ under AT (dark: attackable)")
+        ]
         for ax, name in ((row[1], "gairat"), (row[2], "mail-at")):
             w = trained.weights[name]
             title = (
                 f"{toy}: {name} weight per point\ntop 10 % carry {100 * top_share(w):.0f} % of it"
             )
-            norm = LogNorm(vmin=max(float(w.min()), 1e-3), vmax=max(float(w.max()), 1e-3 * 1.01))
-            panels.append((ax, name, w.clamp_min(1e-3), "magma_r", norm, title))
+            log_scale = LogNorm(
+                vmin=max(float(w.min()), 1e-3), vmax=max(float(w.max()), 1e-3 * 1.01)
+            )
+            panels.append((ax, name, w.clamp_min(1e-3), "magma_r", log_scale, title))
         for ax, name, values, cmap, norm, title in panels:
             grid, boundary = _boundary(trained.models[name], x)
             ax.contour(grid[0], grid[1], boundary, levels=[0.0], colors="k", linewidths=1)

@@ -43,9 +43,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import evaluate
 import plots
+import run_files
 import train
 import training
-from tables import ATTACK_OF_COLUMN, COLUMN_OF_ATTACK, COLUMN_TITLES, SPECS
+from tables import SPECS, markdown, our_numbers
 
 STAGES = ("train", "evaluate", "report")
 
@@ -225,12 +226,12 @@ class Reproduction:
         """Trains the prefixes, then the rows; True when every selected row is trained."""
         for name in dict.fromkeys(r["prefix"] for r in self.rows if r.get("prefix")):
             epochs = self.spec["prefixes"][name]["epochs"]
-            if training.read_status(self.prefix_dir(name)).get("epochs_done", 0) < epochs:
+            if run_files.read_status(self.prefix_dir(name)).get("epochs_done", 0) < epochs:
                 result = self._train(self.prefix_command(name), self.prefix_dir(name))
                 if result is None or result.epochs_done < epochs:
                     return False
         for row in self.rows:
-            if not training.read_status(self.run_dir(row)).get("complete"):
+            if not run_files.read_status(self.run_dir(row)).get("complete"):
                 result = self._train(self.row_command(row), self.run_dir(row))
                 if result is None or not result.complete:
                     return False
@@ -240,12 +241,12 @@ class Reproduction:
         """Evaluates every trained row; True when every selected row is evaluated."""
         complete = True
         for row in self.rows:
-            if not training.read_status(self.run_dir(row)).get("complete"):
+            if not run_files.read_status(self.run_dir(row)).get("complete"):
                 complete = False
                 continue
             for kind in self.spec.get("checkpoints", ["last"]):
                 path = self.run_dir(row) / f"eval-{kind}.json"
-                if training.read_json(path).get("complete"):
+                if run_files.read_json(path).get("complete"):
                     continue
                 left = self._minutes_left()
                 if left is not None and left <= 0:
@@ -259,49 +260,14 @@ class Reproduction:
 
     def report(self, command: str) -> Path:
         """Writes the markdown table and the JSON files from what exists; returns the markdown."""
-        spec = self.spec
-        name = spec["name"]
+        spec, name = self.spec, self.spec["name"]
         rows = [r for r in spec["rows"] if r["method"]]
-        ours: Dict[str, Dict[str, float]] = {}
-        extra_columns: List[str] = []
-        details: Dict[str, Any] = {}
-        column_of = {**COLUMN_OF_ATTACK, **spec.get("column_of_attack", {})}
-        settings: Optional[Dict[str, Any]] = None
-        for row in rows:
-            evals = {
-                kind: training.read_json(self.run_dir(row) / f"eval-{kind}.json")
-                for kind in spec.get("checkpoints", ["last"])
-            }
-            values: Dict[str, float] = {}
-            for kind, record in evals.items():
-                settings = settings or record.get("settings")
-                prefix = f"{kind}_" if len(evals) > 1 else ""
-                for attack, acc in record.get("accuracy", {}).items():
-                    column = prefix + column_of.get(attack, attack)
-                    values[column] = round(100 * acc, 2)
-                    if column not in spec["columns"] and column not in extra_columns:
-                        extra_columns.append(column)
-            if values:
-                ours[row["label"]] = values
-            log = training.read_log(self.run_dir(row) / "log.jsonl")
-            config = training.read_json(self.run_dir(row) / "config.json")
-            details[row["label"]] = {
-                "method": row["method"],
-                "status": _describe_status(self.run_dir(row), evals),
-                "seconds_per_epoch": training.mean_epoch_seconds(log),
-                "train_minutes": sum(r["seconds"] + r.get("seconds_monitor", 0.0) for r in log)
-                / 60,
-                "eval_minutes": sum(
-                    sum(record.get("seconds", {}).values()) for record in evals.values()
-                )
-                / 60,
-                "epochs_logged": len(log),
-                "lineage": config.get("lineage"),
-                "device": config.get("device"),
-                "seed": (config.get("config") or {}).get("seed"),
-                "commands": self._commands(row),
-                "best_epoch": evals.get("best", {}).get("epoch"),
-            }
+        evals = {r["label"]: self._evaluations(r) for r in rows}
+        ours = {label: values for label, e in evals.items() if (values := our_numbers(spec, e))}
+        details = {r["label"]: self._details(r, evals[r["label"]]) for r in rows}
+        settings = next(
+            (r["settings"] for e in evals.values() for r in e.values() if r.get("settings")), None
+        )
         setting = {
             "protocol": spec["protocol"],
             "evaluation": settings,
@@ -310,12 +276,11 @@ class Reproduction:
             "seeds": sorted({d["seed"] for d in details.values() if d["seed"] is not None}),
             "devices": sorted({d["device"] for d in details.values() if d["device"]}),
         }
-        markdown = self._markdown(ours, extra_columns, details, setting, command)
         self.out.mkdir(parents=True, exist_ok=True)
         md = self.out / f"{name}.md"
-        md.write_text(markdown)
-        training.write_json_atomic({"rows": ours, "setting": setting}, self.out / f"{name}.json")
-        training.write_json_atomic(
+        md.write_text(markdown(spec, ours, details, setting, command))
+        run_files.write_json_atomic({"rows": ours, "setting": setting}, self.out / f"{name}.json")
+        run_files.write_json_atomic(
             {
                 "table": name,
                 "title": spec.get("title"),
@@ -328,11 +293,36 @@ class Reproduction:
             },
             self.out / f"{name}-details.json",
         )
-        logs = {r["label"]: training.read_log(self.run_dir(r) / "log.jsonl") for r in rows}
+        logs = {r["label"]: run_files.read_log(self.run_dir(r) / "log.jsonl") for r in rows}
         logs = {k: v for k, v in logs.items() if v}
         if logs:
             plots.plot_curves(logs, self.out / "curves.png")
         return md
+
+    def _evaluations(self, row: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+        """The row's evaluation records by checkpoint kind (empty where not evaluated yet)."""
+        return {
+            kind: run_files.read_json(self.run_dir(row) / f"eval-{kind}.json")
+            for kind in self.spec.get("checkpoints", ["last"])
+        }
+
+    def _details(self, row: Dict[str, Any], evals: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+        """What the report says about a row beside its numbers: status, timings, lineage, commands."""
+        log = run_files.read_log(self.run_dir(row) / "log.jsonl")
+        config = run_files.read_json(self.run_dir(row) / "config.json")
+        return {
+            "method": row["method"],
+            "status": _describe_status(self.run_dir(row), evals),
+            "seconds_per_epoch": run_files.mean_epoch_seconds(log),
+            "train_minutes": sum(r["seconds"] + r.get("seconds_monitor", 0.0) for r in log) / 60,
+            "eval_minutes": sum(sum(r.get("seconds", {}).values()) for r in evals.values()) / 60,
+            "epochs_logged": len(log),
+            "lineage": config.get("lineage"),
+            "device": config.get("device"),
+            "seed": (config.get("config") or {}).get("seed"),
+            "commands": self._commands(row),
+            "best_epoch": evals.get("best", {}).get("epoch"),
+        }
 
     def _commands(self, row: Dict[str, Any]) -> List[str]:
         commands = []
@@ -347,142 +337,15 @@ class Reproduction:
         )
         return commands
 
-    def _markdown(
-        self,
-        ours: Dict[str, Dict[str, float]],
-        extra_columns: List[str],
-        details: Dict[str, Any],
-        setting: Dict[str, Any],
-        command: str,
-    ) -> str:
-        spec = self.spec
-        paper = spec.get("paper", {})
-        titles = {**COLUMN_TITLES, **spec.get("column_titles", {})}
-        header = ["method"]
-        for column in spec["columns"]:
-            title = _title(column, titles)
-            header += [f"{title} paper", f"{title} ours"] if paper else [title]
-        header += [f"{_title(c, titles)} ours" for c in extra_columns]
-        header += ["s/epoch", "train min", "eval min", "status"]
-        source = (
-            f"Paper: {spec.get('source', 'see the spec')} — mean (MAIL) or median (GAIRAT) ± std of 5 "
-            "runs. Ours: one run."
-            if paper
-            else "One run per row."
-        )
-        lines = [
-            f"# {spec.get('title', spec['name'])}",
-            "",
-            f"{source} Test accuracy, %.",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        for row in spec["rows"]:
-            label = row["label"]
-            cells = [label]
-            for column in spec["columns"]:
-                if paper:
-                    cells.append(_paper_cell(paper.get(label, {}).get(column)))
-                cells.append(_cell(ours.get(label, {}).get(column)))
-            cells += [_cell(ours.get(label, {}).get(c)) for c in extra_columns]
-            info = details.get(label)
-            if info is None:
-                cells += ["", "", "", "not in ir.methods" if not row["method"] else "not run"]
-            else:
-                seconds = info["seconds_per_epoch"]
-                cells += [
-                    "—" if seconds != seconds else f"{seconds:.1f}",
-                    f"{info['train_minutes']:.1f}",
-                    f"{info['eval_minutes']:.1f}",
-                    info["status"],
-                ]
-            lines.append("| " + " | ".join(cells) + " |")
-        seeds = ", ".join(map(str, setting["seeds"])) or "—"
-        devices = ", ".join(setting["devices"]) or "—"
-        lines += [
-            "",
-            f"- Protocol: `{spec['protocol'] or 'custom'}` — "
-            f"{_describe_settings(setting['evaluation'])}. Eval mode, float32.",
-            f"- Training: preset `{spec.get('preset')}` (see `python examples/train.py --list-presets`), "
-            f"seed {seeds}, device {devices}; s/epoch is training time per epoch (the per-epoch "
-            "monitor excluded); train min is the row's whole training with the monitor, a shared "
-            "prefix included; eval min is its evaluation.",
-        ]
-        lines += [f"- {note}" for note in spec.get("notes", [])]
-        for label, info in details.items():
-            lineage = info["lineage"] or []
-            if len(lineage) > 1:
-                parts = [f"{seg['method']} from epoch {seg['first_epoch']}" for seg in lineage]
-                lines.append(
-                    f"- {label}: {', then '.join(parts)} (shared prefix, branched with --init-from)."
-                )
-            if info["best_epoch"]:
-                lines.append(
-                    f"- {label}: best checkpoint at epoch {info['best_epoch'] - 1} (0-based)."
-                )
-        lines += ["", "## Commands", "", "```bash", command]
-        for label, info in details.items():
-            lines.append(f"# {label}")
-            lines += info["commands"]
-        lines += [
-            "```",
-            "",
-            "Interrupted training continues with the same train.py command plus `--resume`.",
-            "",
-        ]
-        return "\n".join(lines)
-
 
 def _describe_status(folder: Path, evals: Dict[str, Dict[str, Any]]) -> str:
-    status = training.read_status(folder)
+    status = run_files.read_status(folder)
     if not status:
         return "not trained"
     if not status.get("complete"):
         return f"trained {status['epochs_done']}/{status['epochs']} epochs"
     missing = [k for k, r in evals.items() if not r.get("complete")]
     return f"evaluation of {', '.join(missing)} incomplete" if missing else "done"
-
-
-def _title(column: str, titles: Dict[str, str]) -> str:
-    kind, _, key = column.partition("_")
-    if kind in ("best", "last") and key:
-        return f"{kind} {titles.get(key, key)}"
-    return titles.get(column, column)
-
-
-def _cell(value: Optional[float]) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-def _paper_cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    mean, std = value
-    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
-
-
-def _describe_settings(settings: Optional[Dict[str, Any]]) -> str:
-    if not settings:
-        return "not evaluated yet"
-    ball = "" if settings.get("norm", "linf") == "linf" else f" ({settings['norm']})"
-    parts = [f"ε = {settings['eps']:.4g}{ball}"]
-    for name, params in settings["attacks"].items():
-        if name == "natural":
-            continue
-        text = ATTACK_OF_COLUMN.get(name, name)
-        if "steps" in params:
-            text += f": {params['steps']} steps of {params['step_size']:.4g}"
-            if params.get("restarts", 1) > 1:
-                text += f" × {params['restarts']} restarts"
-            if params.get("loss") and params["loss"] != "ce":
-                text += f", {params['loss']} loss"
-        elif "version" in params:
-            text += f": AutoAttack {params['version']}"
-        limit = settings["num_examples"].get(name)
-        text += f", first {limit} test images" if limit else ", all test images"
-        parts.append(text)
-    return "; ".join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:

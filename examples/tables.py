@@ -11,7 +11,8 @@ tables have ``best_*`` and ``last_*`` columns (best and last checkpoint).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+import math
+from typing import Any, Dict, List, Optional, Tuple
 
 Number = Optional[Tuple[float, Optional[float]]]
 
@@ -38,7 +39,7 @@ def _rows(columns: Tuple[str, ...], **rows: Tuple[float, ...]) -> Dict[str, Dict
     """``AT=(84.86, 0.17, 48.91, 0.14, ...)`` -> ``{"AT": {"nat": (84.86, 0.17), ...}}``."""
     out = {}
     for label, values in rows.items():
-        pairs = [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+        pairs: List[Number] = [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
         out[label.replace("_", "-")] = dict(zip(columns, pairs))
     return out
 
@@ -192,7 +193,12 @@ def _mail_spec(
 
 
 def _gairat_spec(
-    name: str, title: str, preset: str, paper: Dict[str, Any], methods: Dict[str, str], **extra: Any
+    name: str,
+    title: str,
+    preset: str,
+    paper: Dict[str, Any],
+    methods: Dict[str, Tuple[str, str]],
+    **extra: Any,
 ) -> Dict[str, Any]:
     return {
         "name": name,
@@ -268,6 +274,31 @@ _MNIST_STUDY: Dict[str, Any] = {
     "paper": {},
 }
 
+# MAIL Table 1 compares the weighting signals on three base losses: nine rows, no prefix.
+_MAIL_TABLE1_SPEC: Dict[str, Any] = {
+    "name": "mail-table1",
+    "title": "MAIL Table 1: the weighting signal, LPS (κ) vs PM_nat vs PM_adv; CIFAR-10, ResNet-18",
+    "source": "MAIL (Wang et al., NeurIPS 2021)",
+    "preset": "mail-resnet18",
+    "protocol": "mail",
+    "checkpoints": ["last"],
+    "columns": ["nat", "pgd100", "aa"],
+    "rows": [
+        {"label": f"{base}-{signal}", "method": method, "args": args}
+        for base, methods in (
+            ("AT", ("gairat", "mail-at")),
+            ("MART", ("gair-mart", "mail-mart")),
+            ("TRADES", ("gair-trades", "mail-trades")),
+        )
+        for signal, method, args in (
+            ("LPS", methods[0], []),
+            ("PM-nat", methods[1], ["--set", "margin=nat"]),
+            ("PM-adv", methods[1], []),
+        )
+    ],
+    "paper": _MAIL_TABLE1,
+}
+
 SPECS: Dict[str, Dict[str, Any]] = {
     spec["name"]: spec
     for spec in (
@@ -299,29 +330,7 @@ SPECS: Dict[str, Dict[str, Any]] = {
             _MAIL_TABLE4["cifar100"],
             "cifar100",
         ),
-        {
-            "name": "mail-table1",
-            "title": "MAIL Table 1: the weighting signal, LPS (κ) vs PM_nat vs PM_adv; CIFAR-10, ResNet-18",
-            "source": "MAIL (Wang et al., NeurIPS 2021)",
-            "preset": "mail-resnet18",
-            "protocol": "mail",
-            "checkpoints": ["last"],
-            "columns": ["nat", "pgd100", "aa"],
-            "rows": [
-                {"label": f"{base}-{signal}", "method": method, "args": args}
-                for base, methods in (
-                    ("AT", ("gairat", "mail-at")),
-                    ("MART", ("gair-mart", "mail-mart")),
-                    ("TRADES", ("gair-trades", "mail-trades")),
-                )
-                for signal, method, args in (
-                    ("LPS", methods[0], []),
-                    ("PM-nat", methods[1], ["--set", "margin=nat"]),
-                    ("PM-adv", methods[1], []),
-                )
-            ],
-            "paper": _MAIL_TABLE1,
-        },
+        _MAIL_TABLE1_SPEC,
         _gairat_spec(
             "gairat-table1",
             "GAIRAT Table 1: CIFAR-10, WRN-32-10",
@@ -347,3 +356,166 @@ SPECS: Dict[str, Dict[str, Any]] = {
         _MNIST_STUDY,
     )
 }
+
+
+# --- rendering: the numbers of a reproduction beside the paper's ------------------------------
+
+
+def our_numbers(spec: Dict[str, Any], evals: Dict[str, Dict[str, Any]]) -> Dict[str, float]:
+    """A row's accuracies in percent by table column, from its evaluation records by checkpoint
+    kind (``{"last": record}``; columns prefixed ``best_``/``last_`` when there are several)."""
+    column_of = {**COLUMN_OF_ATTACK, **spec.get("column_of_attack", {})}
+    values: Dict[str, float] = {}
+    for kind, record in evals.items():
+        prefix = f"{kind}_" if len(evals) > 1 else ""
+        for attack, acc in record.get("accuracy", {}).items():
+            values[prefix + column_of.get(attack, attack)] = round(100 * acc, 2)
+    return values
+
+
+def markdown(
+    spec: Dict[str, Any],
+    ours: Dict[str, Dict[str, float]],
+    details: Dict[str, Dict[str, Any]],
+    setting: Dict[str, Any],
+    command: str,
+) -> str:
+    """The reproduction's page: the table (paper beside ours), the setting, notes and commands.
+
+    Args:
+        spec: the table spec (``SPECS``).
+        ours: our numbers by row label (:func:`our_numbers`).
+        details: by row label, the row's ``status``, ``seconds_per_epoch``, ``train_minutes``,
+            ``eval_minutes``, ``lineage``, ``best_epoch`` and ``commands``.
+        setting: the evaluation ``settings``, ``seeds`` and ``devices``.
+        command: the ``reproduce.py`` command.
+    """
+    paper = spec.get("paper", {})
+    source = (
+        f"Paper: {spec.get('source', 'see the spec')} — mean (MAIL) or median (GAIRAT) ± std of 5 "
+        "runs. Ours: one run."
+        if paper
+        else "One run per row."
+    )
+    lines = [f"# {spec.get('title', spec['name'])}", "", f"{source} Test accuracy, %.", ""]
+    lines += _table(spec, ours, details)
+    lines += ["", *_notes(spec, details, setting)]
+    lines += ["", "## Commands", "", "```bash", command]
+    for label, info in details.items():
+        lines.append(f"# {label}")
+        lines += info["commands"]
+    lines += [
+        "```",
+        "",
+        "Interrupted training continues with the same train.py command plus `--resume`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _table(
+    spec: Dict[str, Any], ours: Dict[str, Dict[str, float]], details: Dict[str, Dict[str, Any]]
+) -> List[str]:
+    """The markdown table: a row per spec row, paper and ours per column, then the run's status."""
+    paper = spec.get("paper", {})
+    titles = {**COLUMN_TITLES, **spec.get("column_titles", {})}
+    # Columns the evaluation gave beyond the spec's, in the order they first appear.
+    extra = list(dict.fromkeys(c for v in ours.values() for c in v if c not in spec["columns"]))
+    header = ["method"]
+    for column in spec["columns"]:
+        title = _title(column, titles)
+        header += [f"{title} paper", f"{title} ours"] if paper else [title]
+    header += [f"{_title(c, titles)} ours" for c in extra]
+    header += ["s/epoch", "train min", "eval min", "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in spec["rows"]:
+        label = row["label"]
+        cells = [label]
+        for column in spec["columns"]:
+            if paper:
+                cells.append(_paper_cell(paper.get(label, {}).get(column)))
+            cells.append(_cell(ours.get(label, {}).get(column)))
+        cells += [_cell(ours.get(label, {}).get(c)) for c in extra]
+        cells += _run_cells(row, details.get(label))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _run_cells(row: Dict[str, Any], info: Optional[Dict[str, Any]]) -> List[str]:
+    if info is None:
+        return ["", "", "", "not in ir.methods" if not row["method"] else "not run"]
+    seconds = info["seconds_per_epoch"]
+    return [
+        "—" if math.isnan(seconds) else f"{seconds:.1f}",
+        f"{info['train_minutes']:.1f}",
+        f"{info['eval_minutes']:.1f}",
+        info["status"],
+    ]
+
+
+def _notes(
+    spec: Dict[str, Any], details: Dict[str, Dict[str, Any]], setting: Dict[str, Any]
+) -> List[str]:
+    """The bullet points under the table: protocol, training, the spec's notes, lineages."""
+    seeds = ", ".join(map(str, setting["seeds"])) or "—"
+    devices = ", ".join(setting["devices"]) or "—"
+    lines = [
+        f"- Protocol: `{spec['protocol'] or 'custom'}` — "
+        f"{_describe_settings(setting['evaluation'])}. Eval mode, float32.",
+        f"- Training: preset `{spec.get('preset')}` (see `python examples/train.py --list-presets`), "
+        f"seed {seeds}, device {devices}; s/epoch is training time per epoch (the per-epoch "
+        "monitor excluded); train min is the row's whole training with the monitor, a shared "
+        "prefix included; eval min is its evaluation.",
+    ]
+    lines += [f"- {note}" for note in spec.get("notes", [])]
+    for label, info in details.items():
+        lineage = info["lineage"] or []
+        if len(lineage) > 1:
+            parts = [f"{seg['method']} from epoch {seg['first_epoch']}" for seg in lineage]
+            lines.append(
+                f"- {label}: {', then '.join(parts)} (shared prefix, branched with --init-from)."
+            )
+        if info["best_epoch"]:
+            lines.append(f"- {label}: best checkpoint at epoch {info['best_epoch'] - 1} (0-based).")
+    return lines
+
+
+def _title(column: str, titles: Dict[str, str]) -> str:
+    kind, _, key = column.partition("_")
+    if kind in ("best", "last") and key:
+        return f"{kind} {titles.get(key, key)}"
+    return titles.get(column, column)
+
+
+def _cell(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _paper_cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    mean, std = value
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _describe_settings(settings: Optional[Dict[str, Any]]) -> str:
+    if not settings:
+        return "not evaluated yet"
+    ball = "" if settings.get("norm", "linf") == "linf" else f" ({settings['norm']})"
+    parts = [f"ε = {settings['eps']:.4g}{ball}"]
+    for name, params in settings["attacks"].items():
+        if name == "natural":
+            continue
+        text = ATTACK_OF_COLUMN.get(name, name)
+        if "steps" in params:
+            text += f": {params['steps']} steps of {params['step_size']:.4g}"
+            if params.get("restarts", 1) > 1:
+                text += f" × {params['restarts']} restarts"
+            if params.get("loss") and params["loss"] != "ce":
+                text += f", {params['loss']} loss"
+        elif "version" in params:
+            text += f": AutoAttack {params['version']}"
+        limit = settings["num_examples"].get(name)
+        text += f", first {limit} test images" if limit else ", all test images"
+        parts.append(text)
+    return "; ".join(parts)

@@ -27,11 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import run_files
 import training
+from config import Runtime, TrainConfig, accepted_overrides, resolve_device
 from data import DATASETS
 from models import MODELS
 from presets import PRESETS, get_preset
-from training import Runtime, TrainConfig
 
 import instance_reweight as ir
 
@@ -231,14 +232,14 @@ def given_settings(args: argparse.Namespace, method: Optional[str]) -> Dict[str,
         if getattr(args, key) is not None:
             user[key] = getattr(args, key)
     if method is not None and (recipe is not None or user):
-        accepted = training.accepted_overrides(method, given.get("variant", "paper"))
+        accepted = accepted_overrides(method, given.get("variant", "paper"))
         given["overrides"] = {**(recipe.overrides_for(method, accepted) if recipe else {}), **user}
     return given
 
 
 def resolve(args: argparse.Namespace, out: Optional[Path]) -> TrainConfig:
     """The run's settings: the resumed run's, else TrainConfig defaults < preset < options."""
-    saved = training.saved_config(out) if args.resume and out is not None else None
+    saved = run_files.saved_config(out) if args.resume and out is not None else None
     if saved is not None:
         return TrainConfig.from_dict(
             {**saved, **given_settings(args, args.method or saved["method"])}
@@ -251,7 +252,7 @@ def resolve(args: argparse.Namespace, out: Optional[Path]) -> TrainConfig:
     given = given_settings(args, args.method)
     given.setdefault("model", default_model(given.get("data", "cifar10")))
     if "precision" not in given:
-        device = training.resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+        device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
         given["precision"] = "bf16" if device.type == "cuda" else "fp32"
     return TrainConfig.from_dict(given)
 
@@ -286,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[training.RunResult]:
     config = resolve(args, out)
     # --resume and --init-from read the data where the run (or the prefix) read it, unless told.
     started = out if args.resume else args.init_from.parent if args.init_from else None
-    data_root = args.data_root or (started and training.recorded_data_root(started)) or "data"
+    data_root = args.data_root or (started and run_files.recorded_data_root(started)) or "data"
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         print(describe_run(config, out, args))
@@ -313,7 +314,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[training.RunResult]:
 
 def interrupted_message(out: Path) -> str:
     """One line for Ctrl-C: what is saved and how to continue."""
-    status = training.read_status(out)
+    status = run_files.read_status(out)
     if not status:
         return f"train.py: interrupted before the first epoch ended; nothing was saved in {out}."
     done = status["epochs_done"]

@@ -15,8 +15,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import evaluate  # noqa: E402
+import run_files  # noqa: E402
 import train  # noqa: E402
-import training  # noqa: E402
 from test_examples_scripts import TINY, write_tiny_cifar10  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def _weights(out: Path) -> dict:
-    return training.load_checkpoint(out / "checkpoint.pt")["model"]
+    return run_files.load_checkpoint(out / "checkpoint.pt")["model"]
 
 
 def test_an_awp_method_trains_through_train_py_and_perturbs_only_from_its_warm_up(

@@ -14,8 +14,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import reproduce  # noqa: E402
+import run_files  # noqa: E402
 import train  # noqa: E402
-import training  # noqa: E402
 from test_examples_scripts import tiny, write_tiny_cifar10  # noqa: E402
 
 
@@ -25,7 +25,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 STATE = {
-    "format": training.CHECKPOINT_FORMAT,
+    "format": run_files.CHECKPOINT_FORMAT,
     "config": {"method": "at"},
     "epoch": 3,
     "model": {"w": torch.arange(64, dtype=torch.float32), "b": torch.tensor(0.5)},
@@ -35,34 +35,34 @@ STATE = {
 
 def test_checkpoint_round_trip_carries_a_checksum_and_loads_weights_only(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    training.save_atomic(STATE, path)
+    run_files.save_atomic(STATE, path)
     raw = torch.load(path, weights_only=True)
-    assert raw["sha256"] == training.state_digest(STATE)
-    loaded = training.load_checkpoint(path)
+    assert raw["sha256"] == run_files.state_digest(STATE)
+    loaded = run_files.load_checkpoint(path)
     assert "sha256" not in loaded and torch.equal(loaded["model"]["w"], STATE["model"]["w"])
     assert not list(tmp_path.glob(".*tmp"))
 
 
 def test_digest_sees_every_tensor_byte_and_every_value():
-    base = training.state_digest(STATE)
+    base = run_files.state_digest(STATE)
     flipped = {**STATE, "model": {**STATE["model"], "w": STATE["model"]["w"].clone()}}
     flipped["model"]["w"][17] = 17.000002
-    assert training.state_digest(flipped) != base
-    assert training.state_digest({**STATE, "epoch": 4}) != base
+    assert run_files.state_digest(flipped) != base
+    assert run_files.state_digest({**STATE, "epoch": 4}) != base
     as_tuple = {**STATE, "lineage": tuple(STATE["lineage"])}
-    assert training.state_digest(as_tuple) == base
+    assert run_files.state_digest(as_tuple) == base
 
 
 def test_flipped_bytes_inside_a_checkpoint_are_detected(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    training.save_atomic(STATE, path)
+    run_files.save_atomic(STATE, path)
     data = bytearray(path.read_bytes())
     at = bytes(data).index(STATE["model"]["w"].numpy().tobytes()) + 4 * 40 + 1
     data[at] ^= 0x01
     path.write_bytes(bytes(data))
     assert torch.load(path, weights_only=True)["model"]["w"][40] != 40  # torch alone loads it
     with pytest.raises(ValueError, match="checkpoint.pt' to match the checksum.*corrupted"):
-        training.load_checkpoint(path)
+        run_files.load_checkpoint(path)
 
 
 @pytest.mark.parametrize(
@@ -70,21 +70,21 @@ def test_flipped_bytes_inside_a_checkpoint_are_detected(tmp_path):
 )
 def test_empty_truncated_or_garbage_checkpoint_names_the_file(tmp_path, damage):
     path = tmp_path / "checkpoint.pt"
-    training.save_atomic(STATE, path)
+    run_files.save_atomic(STATE, path)
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(ValueError, match="complete checkpoint at '.*checkpoint.pt'.*delete it"):
-        training.load_checkpoint(path)
+        run_files.load_checkpoint(path)
 
 
 def test_checkpoint_without_checksum_still_loads(tmp_path):
     path = tmp_path / "old.pt"
     torch.save(STATE, path)
-    assert training.load_checkpoint(path)["epoch"] == 3
+    assert run_files.load_checkpoint(path)["epoch"] == 3
 
 
 def test_previous_checkpoint_is_kept_when_the_new_one_does_not_verify(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    training.save_atomic(STATE, path)
+    run_files.save_atomic(STATE, path)
     before = path.read_bytes()
     real_save = torch.save
 
@@ -94,7 +94,7 @@ def test_previous_checkpoint_is_kept_when_the_new_one_does_not_verify(tmp_path, 
 
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(ValueError, match="complete checkpoint"):
-        training.save_atomic({**STATE, "epoch": 4}, path)
+        run_files.save_atomic({**STATE, "epoch": 4}, path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".*tmp"))
 
@@ -106,7 +106,7 @@ def test_file_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(
         os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1]
     )
-    training.write_json_atomic({"a": 1}, tmp_path / "status.json")
+    run_files.write_json_atomic({"a": 1}, tmp_path / "status.json")
     assert calls == ["fsync", "replace", "fsync"]  # file, rename, folder
     assert json.loads((tmp_path / "status.json").read_text()) == {"a": 1}
 

@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import evaluate  # noqa: E402
+import run_files  # noqa: E402
 import train  # noqa: E402
 import training  # noqa: E402
 from test_examples_scripts import tiny, write_tiny_cifar10  # noqa: E402
@@ -34,15 +35,15 @@ def smoke(data_root, tmp_path_factory) -> Path:
 
 
 def test_max_steps_per_epoch_ends_the_epoch_early_and_is_recorded(smoke):
-    (record,) = training.read_log(smoke / "log.jsonl")
+    (record,) = run_files.read_log(smoke / "log.jsonl")
     assert record["epoch"] == 0 and record["examples"] == 2 * 16  # 2 batches of 16, not 80
-    assert training.load_checkpoint(smoke / "checkpoint.pt")["config"]["max_steps_per_epoch"] == 2
+    assert run_files.load_checkpoint(smoke / "checkpoint.pt")["config"]["max_steps_per_epoch"] == 2
 
 
 def test_console_and_log_number_epochs_from_zero(data_root, tmp_path, capsys):
     train.main(tiny(data_root, "--method=at", "--max-steps-per-epoch=1", f"--out={tmp_path / 'r'}"))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
-    logged = [r["epoch"] for r in training.read_log(tmp_path / "r" / "log.jsonl")]
+    logged = [r["epoch"] for r in run_files.read_log(tmp_path / "r" / "log.jsonl")]
     assert [int(line.split()[1]) for line in lines] == logged == [0, 1]
 
 
@@ -87,7 +88,7 @@ def test_ctrl_c_exits_with_one_line_and_keeps_the_last_epoch(data_root, tmp_path
     message = str(stop.value.code)
     assert "\n" not in message and "holds epochs 0..0" in message
     assert f"--out {out} --resume" in message
-    assert training.load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert run_files.load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     assert not list(out.glob(".*tmp"))
 
 
@@ -153,6 +154,62 @@ def test_evaluate_checks_optional_packages_before_any_attack(smoke, monkeypatch)
 
 
 def test_checkpoint_digest_is_stable_across_save_and_load(smoke):
-    state = training.load_checkpoint(smoke / "checkpoint.pt")
+    state = run_files.load_checkpoint(smoke / "checkpoint.pt")
     raw = torch.load(smoke / "checkpoint.pt", weights_only=True)
-    assert raw["sha256"] == training.state_digest(state)
+    assert raw["sha256"] == run_files.state_digest(state)
+
+
+# The run folder's files and keys as the scripts wrote them before training.py was split (58867ee):
+# another session may hold folders started then, and they must resume.
+CHECKPOINT_KEYS = ["format", "config", "epoch", "model", "optimizer", "burn_in", "lineage", "best"]
+BEST_KEYS = ["format", "config", "epoch", "model", "best"]
+STATUS_KEYS = ["epochs_done", "epochs", "complete", "best"]
+CONFIG_JSON_KEYS = ["config", "data_root", "lineage", "method", "device", "processes", "torch",
+                    "compile", "channels_last"]  # fmt: skip
+
+
+def write_old_run_folder(out: Path, state: dict, best: dict, log: list, config_json: dict) -> None:
+    """A run folder in the earlier format, written here key by key (the checkpoint unchecksummed, as
+    the oldest ones are)."""
+    out.mkdir()
+    torch.save(
+        {key: state[key] for key in CHECKPOINT_KEYS}, out / "checkpoint.pt"
+    )  # format "instance_reweight-examples/1"
+    torch.save({key: best[key] for key in BEST_KEYS}, out / "best.pt")
+    (out / "log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in log))
+    status = {"epochs_done": state["epoch"], "epochs": state["config"]["epochs"],
+              "complete": False, "best": state["best"]}  # fmt: skip
+    (out / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+
+
+def test_a_run_folder_in_the_earlier_format_resumes_bit_exact(data_root, tmp_path):
+    gairat = ("--method=gairat", "--set=burn_in_epochs=1", "--best-window", "0", "1")
+    straight, piece, old = tmp_path / "straight", tmp_path / "piece", tmp_path / "old"
+    train.main(tiny(data_root, *gairat, f"--out={straight}"))
+    train.main(tiny(data_root, *gairat, f"--out={piece}", "--stop-after=1"))
+    state = torch.load(piece / "checkpoint.pt", weights_only=True)
+    assert state["format"] == "instance_reweight-examples/1" and state["epoch"] == 1
+    best = torch.load(piece / "best.pt", weights_only=True)
+    config_json = json.loads((piece / "config.json").read_text())
+    write_old_run_folder(old, state, best, run_files.read_log(piece / "log.jsonl"), config_json)
+
+    result = train.main([f"--out={old}", "--resume", "--no-progress"])
+    assert result is not None and (result.epochs_done, result.complete) == (2, True)
+    ours, reference = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (old, straight))
+    assert list(ours) == [*CHECKPOINT_KEYS, "sha256"]
+    for key, value in reference["model"].items():
+        assert torch.equal(ours["model"][key], value), key
+    # best.pt is rewritten only when an epoch beats the best so far; either way in this format.
+    assert [k for k in torch.load(old / "best.pt", weights_only=True) if k != "sha256"] == BEST_KEYS
+    status = json.loads((old / "status.json").read_text())
+    assert list(status) == STATUS_KEYS and status["complete"] and status["epochs_done"] == 2
+    assert list(json.loads((old / "config.json").read_text())) == CONFIG_JSON_KEYS
+    timing = ("seconds", "seconds_monitor")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in result.log] == [
+        {k: v for k, v in r.items() if k not in timing}
+        for r in run_files.read_log(straight / "log.jsonl")
+    ]
+    assert sorted(p.name for p in old.iterdir()) == [
+        "best.pt", "checkpoint.pt", "config.json", "log.jsonl", "status.json"
+    ]  # fmt: skip

@@ -23,8 +23,10 @@ sys.path.insert(0, str(EXAMPLES))
 import evaluate  # noqa: E402
 import plots  # noqa: E402
 import reproduce  # noqa: E402
+import run_files  # noqa: E402
 import train  # noqa: E402
 import training  # noqa: E402
+from config import Runtime, TrainConfig, accepted_overrides, make_method  # noqa: E402
 from presets import PRESETS  # noqa: E402
 from tables import SPECS  # noqa: E402
 
@@ -99,12 +101,12 @@ def test_every_preset_resolves_for_every_method(preset):
         )
         assert config.lr_schedule == [list(p) for p in recipe.lr_schedule]
         # The preset's hyper-parameters reach exactly the methods that take them.
-        takes = training.accepted_overrides(method)
+        takes = accepted_overrides(method)
         expected = recipe.overrides_for(method, takes)
         assert config.overrides == expected
         if any("burn_in_epochs" in given for given in recipe.method_overrides.values()):
             assert ("burn_in_epochs" in config.overrides) == ("burn_in_epochs" in takes)
-        training.make_method(config, torch.nn.Linear(2, 2))
+        make_method(config, torch.nn.Linear(2, 2))
 
 
 def test_mail_preset_follows_the_paper():
@@ -113,7 +115,7 @@ def test_mail_preset_follows_the_paper():
     assert (config.lr, config.weight_decay, config.batch_size) == (0.01, 3.5e-3, 128)
     # Divided by 10 at the 75th and 90th epoch; reweighting from the 75th (0-based 74).
     assert [config.lr_at(e) for e in (73, 74, 88, 89)] == [0.01, 0.001, 0.001, 0.0001]
-    method = training.make_method(config, torch.nn.Linear(2, 2))
+    method = make_method(config, torch.nn.Linear(2, 2))
     method.set_epoch(73)
     assert not method.reweighting
     method.set_epoch(74)
@@ -155,7 +157,7 @@ def test_bad_arguments_say_how_to_fix():
 
 
 def test_run_writes_log_checkpoint_and_status(straight):
-    log = training.read_log(straight / "log.jsonl")
+    log = run_files.read_log(straight / "log.jsonl")
     assert [r["epoch"] for r in log] == [0, 1]
     assert [r["reweighting"] for r in log] == [False, True]
     for record in log:
@@ -198,7 +200,7 @@ def test_resume_is_bit_exact(straight, data_root, tmp_path):
         rtol=0,
         atol=0,
     )
-    straight_log, resumed_log = (training.read_log(p / "log.jsonl") for p in (straight, out))
+    straight_log, resumed_log = (run_files.read_log(p / "log.jsonl") for p in (straight, out))
     drop = ("seconds", "seconds_monitor")
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed_log] == [
         {k: v for k, v in r.items() if k not in drop} for r in straight_log
@@ -222,7 +224,7 @@ def test_branch_from_a_shared_prefix_equals_the_straight_run(straight, data_root
     assert_same_params(straight, branch)
     state = torch.load(branch / "checkpoint.pt", weights_only=True)
     assert [(s["method"], s["first_epoch"]) for s in state["lineage"]] == [("at", 0), ("gairat", 1)]
-    assert [r["method"] for r in training.read_log(branch / "log.jsonl")] == ["at", "gairat"]
+    assert [r["method"] for r in run_files.read_log(branch / "log.jsonl")] == ["at", "gairat"]
     # A second branch off the same prefix, another method.
     other = train.main(
         tiny(
@@ -277,11 +279,11 @@ def test_max_minutes_stops_before_an_epoch_that_would_not_fit(data_root, tmp_pat
 
 def test_fast_path_bf16_channels_last_runs_on_cpu(data_root, tmp_path):
     # The GPU default (bf16 autocast, channels-last), exercised on the CPU.
-    config = training.TrainConfig(
+    config = TrainConfig(
         method="mail-at", model="smallcnn", epochs=1, batch_size=16, lr=0.01,
         overrides={"steps": 2, "burn_in_epochs": 0}, precision="bf16", monitor_size=16,
     )  # fmt: skip
-    runtime = training.Runtime(str(data_root), device="cpu", channels_last=True, progress=False)
+    runtime = Runtime(str(data_root), device="cpu", channels_last=True, progress=False)
     result = training.train(config, tmp_path / "fast", runtime, log_to=None)
     assert result.complete and np.isfinite(result.log[0]["loss"]) and result.log[0]["reweighting"]
     state = torch.load(tmp_path / "fast" / "checkpoint.pt", weights_only=True)
@@ -301,7 +303,7 @@ def test_torchrun_two_processes_with_global_weights(data_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    log = training.read_log(out / "log.jsonl")
+    log = run_files.read_log(out / "log.jsonl")
     # Per-process batches of 8; statistics cover both processes' examples.
     assert [r["examples"] for r in log] == [80, 80] and log[1]["reweighting"]
     assert log[1]["weight_mean"] == pytest.approx(1.0, abs=1e-5)

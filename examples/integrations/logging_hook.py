@@ -14,7 +14,7 @@ Add two lines to the README's loop::
         hook.log_epoch(epoch)                          # one dict per epoch: weight_*, kappa_*, loss, ...
 
 The statistics are those ``train.py`` writes to ``log.jsonl`` (one implementation,
-:class:`training.EpochStats`): ``loss``, ``examples``, ``kappa_mean``, ``kappa_median``, ``kappa_hist``
+:class:`monitoring.EpochStats`): ``loss``, ``examples``, ``kappa_mean``, ``kappa_median``, ``kappa_hist``
 (κ = 0..K) or ``margin_mean``, ``margin_median``, ``margin_hist`` (PM in 20 bins on [−1, 1]), and while
 reweighting ``weight_min``, ``weight_mean``, ``weight_max``, ``weight_std``, ``weight_hist`` (log10 w).
 Under ``torch.distributed`` (DDP, Accelerate) every process's examples are gathered; call
@@ -31,9 +31,10 @@ from typing import Any, Callable, Dict, Optional
 import torch.distributed as dist
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/, for training.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/, for monitoring.py
 
-from training import EpochStats, Processes  # noqa: E402
+from monitoring import EpochStats  # noqa: E402
+from processes import Processes  # noqa: E402
 
 Log = Callable[[Dict[str, Any]], Any]
 
