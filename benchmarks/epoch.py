@@ -88,18 +88,15 @@ def training_step(
     fast: bool,
     channels_last: bool,
 ) -> Callable[[Tensor, Tensor], None]:
-    """One step of the loop of ``examples/training.py``: the method's block under bf16 autocast on the
-    fast path, the backward and the optimiser step outside it."""
+    """One step of the loop of ``examples/training.py`` (its ``train_step``): bf16 autocast on the
+    fast path, channels-last input if asked."""
+    train_step = example_module("training").train_step
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast)
 
     def step(x: Tensor, y: Tensor) -> None:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast, method.training_step(x, y) as loss:
-            with torch.autocast(device.type, enabled=False):
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        train_step(method, optimizer, x, y, autocast)
 
     return step
 
@@ -120,9 +117,9 @@ def time_method(
     channels_last: bool,
 ) -> Dict[str, Dict[str, float]]:
     """The ``step`` and ``together`` passes of one method on a fresh copy of the preset's network."""
-    training = example_module("training")
+    config_module = example_module("config")
     info = example_module("data").dataset_info(recipe.data)
-    config = training.TrainConfig(
+    config = config_module.TrainConfig(
         method=method_name,
         data=recipe.data,
         model=args.model or recipe.model,
@@ -130,15 +127,19 @@ def time_method(
         lr=recipe.lr,
         momentum=recipe.momentum,
         weight_decay=recipe.weight_decay,
-        overrides=recipe.overrides_for(method_name, training.accepted_overrides(method_name)),
+        overrides=recipe.overrides_for(method_name, config_module.accepted_overrides(method_name)),
         precision=args.precision,
     )
     torch.manual_seed(SEED)
-    module = training.build_model(config.model, info.num_classes, info.in_channels).to(device)
+    module = (
+        example_module("models")
+        .build_model(config.model, info.num_classes, info.in_channels)
+        .to(device)
+    )
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     forward: nn.Module = torch.compile(module) if args.compile else module
-    method = training.make_method(config, forward)
+    method = config_module.make_method(config, forward)
     method.set_epoch(reweighting_epoch(recipe))
     optimizer = torch.optim.SGD(
         module.parameters(),

@@ -113,6 +113,26 @@ def _epochs(
     return RunResult(out, done, done >= config.epochs, records)
 
 
+def train_step(
+    method: ir.methods.Method,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    autocast: torch.autocast,
+) -> Tensor:
+    """One step of the loop: the method's block under ``autocast`` (bf16 on the fast path), the backward
+    and the optimiser step in full precision inside it; returns the loss.
+
+    An AWP method perturbs the weights for the body of the block and restores them after it.
+    """
+    with autocast, method.training_step(x, y) as loss:
+        with torch.autocast(x.device.type, enabled=False):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return loss
+
+
 def epoch_seeds(seed: int, epoch: int, rank: int) -> Tuple[int, int]:
     """Two independent 63-bit seeds for epoch ``epoch`` of process ``rank``."""
     words = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint64)
@@ -199,13 +219,7 @@ class _Run:
             self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
         )
         for x, y in self._batches(epoch, end):
-            # An AWP method perturbs the weights for the body of the block and restores them after it.
-            with autocast, method.training_step(x, y) as loss:
-                with torch.autocast(self.device.type, enabled=False):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-            stats.add(loss, method)
+            stats.add(train_step(method, optimizer, x, y, autocast), method)
         record: Dict[str, Any] = {
             "epoch": epoch,
             "method": config.method,
