@@ -508,9 +508,7 @@ class Method:
 
         Every value check of the step is read with one host synchronisation, before the body runs.
 
-        Args:
-            x: inputs ``(N, *)`` inside the attack's ``clip``.
-            y: class indices ``(N,)``.
+        Args: as :meth:`loss`.
 
         Yields:
             The scalar loss, at least float32.
