@@ -504,3 +504,78 @@ def test_one_host_synchronisation_per_training_step(count_syncs, name, variant):
     for epoch in (0, method.params.get("burn_in_epochs", 0)):  # during and after the burn-in
         method.set_epoch(epoch)
         assert count_syncs(lambda: method.loss(x, y).backward()) == 1
+
+
+# --- Every method is its recipe: the module's table agrees with the entries --------------------------
+
+_INPUTS = {"nat": "x", "adv": "x_adv", "nat_kl": "x", "cw": "x_cw"}
+_PREFIX = {methods.Factor.ONE: "", methods.Factor.W: "w·", methods.Factor.ONE_MINUS_W: "(1 − w)·"}
+_SIGNAL = {None: "—", "kappa": "κ", "margin": "PM"}
+
+
+def table_row(recipe):
+    """The cells of a recipe's row: attack, forwards, training loss, weight signal."""
+    attack = f"{recipe.attack['random_start']}, {recipe.attack['attack_loss'].upper()}"
+    return [
+        attack + (", τ" if "tau" in recipe.defaults else ""),
+        ", ".join(_INPUTS[f] for f in recipe.forwards),
+        " + ".join(_PREFIX[factor] + term.value for term, factor in recipe.terms.items()),
+        _SIGNAL[recipe.signal],
+    ]
+
+
+def docstring_table():
+    """``{name cell: [other cells]}`` of the reStructuredText table in the module docstring."""
+    lines = methods.__doc__.splitlines()
+    border = next(i for i, line in enumerate(lines) if line.startswith("===="))
+    starts = [
+        i
+        for i, c in enumerate(lines[border])
+        if c == "=" and (i == 0 or lines[border][i - 1] == " ")
+    ]
+    end = next(i for i in range(border + 3, len(lines)) if lines[i].startswith("===="))
+    rows = {}
+    for line in lines[border + 3 : end]:
+        cells = [line[a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_module_table_is_the_recipes():
+    expected = {f"``{name}``": table_row(methods._METHODS[name]) for name in methods.names()}
+    expected = {k: v for k, v in expected.items() if not k.endswith("-awp``")}
+    for name, recipe in methods._OFFICIAL.items():
+        if (
+            recipe.forwards != methods._METHODS[name].forwards
+            or recipe.terms != methods._METHODS[name].terms
+        ):
+            expected[f"``{name}`` official"] = table_row(recipe)
+    assert docstring_table() == expected
+
+
+def test_a_new_recipe_is_one_entry_and_a_bad_one_fails_at_definition():
+    base = methods._METHODS["at"]
+    # GAIRAT's rule on the boost too: the factors are data, the interpreter is the same.
+    recipe = methods.Recipe(
+        base.attack,
+        ("nat", "adv"),
+        {methods.Term.CE_ADV: methods.Factor.W, methods.Term.BOOST: methods.Factor.W},
+        "kappa",
+        methods._METHODS["gairat"].defaults,
+    )
+    model = make_model(torch.float64, gain=8.0)
+    x, y = make_batch(torch.float64)
+    method = methods.Method("gair-bce", model, recipe, ATTACK)
+    _, _, kappa, logits_nat, logits_adv = reference(method, x, y)
+    t = per_example_terms(logits_nat, logits_adv, y)
+    omega = raw_weights(method, kappa, [])
+    w = [len(omega) * o / sum(omega) for o in omega]
+    assert method.loss(x, y).item() == pytest.approx(_mean(_weighted(w, t["bce"])), rel=1e-5)
+    assert method.weighted_terms == {methods.Term.CE_ADV, methods.Term.BOOST}
+
+    with pytest.raises(ValueError, match="Expected forwards among .*got \\('adv', 'x_cw'\\)"):
+        methods.Recipe(base.attack, ("adv", "x_cw"), base.terms)
+    with pytest.raises(ValueError, match="Expected a signal exactly when a term carries w"):
+        methods.Recipe(base.attack, ("adv",), {methods.Term.CE_ADV: methods.Factor.W})
+    with pytest.raises(ValueError, match="Expected a signal exactly when a term carries w"):
+        methods.Recipe(base.attack, ("adv",), base.terms, "kappa")

@@ -39,6 +39,20 @@ def check_labels(y: object, n: int, name: str = "y") -> Tensor:
     return y
 
 
+def wrong_shape(t: Tensor, dims: int, n: Optional[int]) -> Optional[str]:
+    """``None`` if ``t`` has ``dims`` (1 or 2) dimensions and ``n`` rows (any number if ``n`` is
+    ``None``), else the expected shape for the message: ``"(n,)"``, ``"(N,)"``, ``"(n, C)"``, ….
+
+    Example:
+        >>> wrong_shape(torch.zeros(3, 2), 1, None), wrong_shape(torch.zeros(3, 2), 2, 4)
+        ('(N,)', '(4, C)')
+    """
+    if t.dim() == dims and (n is None or t.shape[0] == n):
+        return None
+    rows = "N" if n is None else str(n)
+    return f"({rows},)" if dims == 1 else f"({rows}, C)"
+
+
 def check_losses(losses: object, n: Optional[int], source: str) -> Tensor:
     """Per-example losses: a tensor of shape ``(N,)`` (``(n,)`` when ``n`` is known)."""
     if not isinstance(losses, Tensor):
@@ -50,8 +64,8 @@ def check_losses(losses: object, n: Optional[int], source: str) -> Tensor:
             f"Expected {source} to return one loss per example, shape (N,), got a scalar: it reduces over "
             "the batch. Build it with reduction='none' (e.g. nn.CrossEntropyLoss(reduction='none'))."
         )
-    if losses.dim() != 1 or (n is not None and losses.shape[0] != n):
-        expected = f"({n},)" if n is not None else "(N,)"
+    expected = wrong_shape(losses, 1, n)
+    if expected:
         raise ValueError(
             f"Expected {source} to return one loss per example, shape {expected}, got {tuple(losses.shape)}; "
             "sum the per-class terms (e.g. `.sum(dim=1)`) so that each example has one loss."
@@ -66,8 +80,8 @@ def check_logits(logits: object, n: Optional[int] = None, name: str = "logits") 
             f"Expected floating-point `{name}`, got dtype {logits.dtype}; return raw class scores "
             "(not argmax indices or rounded scores) from the model."
         )
-    if logits.dim() != 2 or (n is not None and logits.shape[0] != n):
-        expected = f"({n}, C)" if n is not None else "(N, C)"
+    expected = wrong_shape(logits, 2, n)
+    if expected:
         raise ValueError(
             f"Expected `{name}` of shape {expected} (one row of class scores per example), "
             f"got {tuple(logits.shape)}; flatten extra dimensions or return raw logits from the model."

@@ -48,6 +48,7 @@ from ._checks import (
 from ._eval_attacks import (
     Clip,
     LineSearchMomentumPGD,
+    Run,
     autoattack,
     lm_pgd,
     logit_scaled_pgd,
@@ -76,7 +77,7 @@ NumExamples = Union[int, Mapping[str, int], None]
 
 class _Attack(NamedTuple):
     # (model, *, eps, clip, norm, **options) -> run(x, y) -> robust mask; options checked here, once.
-    build: Callable[..., Callable[[Tensor, Tensor], Tensor]]
+    build: Callable[..., Run]
     defaults: Callable[[float, str], Dict[str, Any]]  # ε, norm -> the attack's options
 
 
@@ -136,7 +137,12 @@ _REGISTRY: Dict[str, _Attack] = {
 }
 
 ATTACKS: Tuple[str, ...] = tuple(_REGISTRY)
-"""The attack names :func:`evaluate` accepts."""
+"""The attack names :func:`evaluate` accepts: ``"natural"``; ``"pgd20"``, ``"pgd100"``: PGD-K with step
+ε/4 and a uniform start; ``"pgd+"``: 5 restarts × 40 steps of 0.01, every iterate must be correct;
+``"cw"``: 30 steps of ε/4 on the CW margin (confidence 50); ``"pgd20-ls"``: PGD-20 on CE(α·logits) for
+α ∈ {1e-4, …, 10}, robust only for every α; ``"lm-pgd"``: :class:`LineSearchMomentumPGD`;
+``"apgd-ce"`` and ``"aa"`` (AutoAttack standard; ``{"aa": {"version": "custom", "attacks":
+["apgd-ce", "apgd-t"]}}`` runs a subset of its attacks) through ``pyautoattack``."""
 
 
 class Protocol(NamedTuple):
@@ -227,33 +233,52 @@ def robust_masks(
         clip=clip,
         norm=norm,
     )
-    # Built once, before any work: a bad option value (or a missing extra) fails here.
-    runs = {
+    runs = _built(model, config, clip)
+    batches, total = _batches(data, check_int(batch_size, "batch_size", 1))
+    device = _device(model)
+    float32 = torch.autocast(device.type if device is not None else "cpu", enabled=False)
+    # Attacks need autograd, also when the caller is under torch.inference_mode().
+    with frozen_for_attack(model), float32, torch.inference_mode(False):
+        batches = _progress(batches, total, progress)
+        return _masks(model, runs, config["num_examples"], batches, device, clip)
+
+
+def _built(model: nn.Module, config: Mapping[str, Any], clip: Clip) -> Dict[str, Run]:
+    """Every attack of ``config``, built once before any work: a bad option value (or a missing
+    extra) fails here."""
+    return {
         name: _REGISTRY[name].build(
             model, eps=config["eps"], clip=clip, norm=config["norm"], **params
         )
         for name, params in config["attacks"].items()
     }
-    sizes = config["num_examples"]
-    limit = None if None in sizes.values() else max(sizes.values())
-    batches, total = _batches(data, check_int(batch_size, "batch_size", 1))
-    device = _device(model)
+
+
+def _masks(
+    model: nn.Module,
+    runs: Mapping[str, Run],
+    sizes: Mapping[str, Optional[int]],
+    batches: Iterable[Any],
+    device: Optional[torch.device],
+    clip: Clip,
+) -> Dict[str, Tensor]:
+    """Each attack's masks over the batches, in data order, on its first ``sizes[name]`` examples
+    (all for ``None``); the batches stop once every attack has its examples."""
+    limits = [n for n in sizes.values() if n is not None]
+    limit = max(limits) if len(limits) == len(sizes) else None
     masks: Dict[str, List[Tensor]] = {name: [] for name in runs}
     seen = 0
-    float32 = torch.autocast(device.type if device is not None else "cpu", enabled=False)
-    # Attacks need autograd, also when the caller is under torch.inference_mode().
-    with frozen_for_attack(model), float32, torch.inference_mode(False):
-        for batch in _progress(batches, total, progress):
-            x, y = _checked_batch(batch, device, clip)
-            correct = _correct(model, x, y)
-            for name, run in runs.items():
-                n_max = sizes[name]
-                n = x.shape[0] if n_max is None else max(0, min(x.shape[0], n_max - seen))
-                if n:
-                    masks[name].append(robust_to_all([run], x[:n], y[:n], correct[:n]).cpu())
-            seen += x.shape[0]
-            if limit is not None and seen >= limit:
-                break
+    for batch in batches:
+        x, y = _checked_batch(batch, device, clip)
+        correct = _correct(model, x, y)
+        for name, run in runs.items():
+            n_max = sizes[name]
+            n = x.shape[0] if n_max is None else max(0, min(x.shape[0], n_max - seen))
+            if n:
+                masks[name].append(robust_to_all([run], x[:n], y[:n], correct[:n]).cpu())
+        seen += x.shape[0]
+        if limit is not None and seen >= limit:
+            break
     if seen == 0:
         raise ValueError("Expected at least one example in `data`, got none.")
     return {name: torch.cat(parts) for name, parts in masks.items()}
@@ -283,14 +308,9 @@ def evaluate(
     ``inference_mode``), with its parameters frozen; every submodule's mode and every
     ``requires_grad`` flag are restored afterwards, also on error.
 
-    Settings come from, in increasing precedence: each attack's defaults (see :func:`settings`),
-    the ``protocol`` (:data:`PROTOCOLS`), then ``eps``, ``attacks``, ``options`` and
-    ``num_examples``. ``"natural"``; ``"pgd20"``, ``"pgd100"``: PGD-K with step ε/4 and a uniform
-    start; ``"pgd+"``: 5 restarts × 40 steps of 0.01, every iterate must be correct; ``"cw"``: 30
-    steps of ε/4 on the CW margin (confidence 50); ``"pgd20-ls"``: PGD-20 on CE(α·logits) for
-    α ∈ {1e-4, …, 10}, robust only for every α; ``"lm-pgd"``: :class:`LineSearchMomentumPGD`;
-    ``"apgd-ce"`` and ``"aa"`` (AutoAttack standard; ``{"aa": {"version": "custom", "attacks":
-    ["apgd-ce", "apgd-t"]}}`` runs a subset of its attacks) through ``pyautoattack``.
+    Settings come from, in increasing precedence: each attack's defaults (see :data:`ATTACKS` and
+    :func:`settings`), the ``protocol`` (:data:`PROTOCOLS`), then ``eps``, ``attacks``,
+    ``options`` and ``num_examples``.
 
     Args:
         model: classifier returning logits ``(N, C)``, float32 parameters, inputs in ``clip``.

@@ -130,7 +130,7 @@ class InstanceReweightedLoss(nn.Module):
         losses = check_losses(
             self.base_loss(*inputs), None if first is None else first.shape[0], "`base_loss`"
         )
-        return self.weighting.reduce(losses, kappa=kappa, margin=margin)
+        return self.weighting._reduce(losses, kappa, margin)
 
     def extra_repr(self) -> str:
         return repr(self.weighting)

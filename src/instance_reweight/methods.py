@@ -1,26 +1,36 @@
-r"""Every method of both papers by name: the attack, the forwards and the loss, with the papers' defaults.
+r"""Every method of both papers by name, each defined as data: a :class:`Recipe`.
 
 :func:`get` binds a method to a model; a training loop calls :meth:`Method.set_epoch` once per epoch
 and :meth:`Method.step` (or the ``with`` block :meth:`Method.training_step`) for every batch, so
 switching method is changing a string. Methods without AWP also give :meth:`Method.loss` to
 backpropagate yourself.
-Which term carries the instance weight :math:`w` (normalised to mean 1 over the batch unless said):
 
-==============  ===========================  ==============================================================
-name            attack (start, loss)         training loss
-==============  ===========================  ==============================================================
-``at``          uniform, CE                  mean CE(f(x_adv), y)
-``trades``      normal, KL                   mean CE(f(x), y) + β·mean KL(p(x_adv) ‖ p(x)), β = 6
-``mart``        normal, CE                   mean BCE(f(x_adv), y) + β·mean KL·(1 − p_y(x)), β = 5
-``fat``         uniform, CE, early stop τ    mean CE(f(x_adv), y), τ = 0 → 3 → 6 at epochs 40, 70
-``gairat``      uniform, CE, κ               mean w·CE(f(x_adv), y)
-``gair-fat``    as ``fat``, κ                mean w·CE(f(x_adv), y)
-``gair-trades`` normal, KL, κ                mean w·CE(f(x), y) + β·mean KL
-``gair-mart``   normal, CE, κ                mean [w·CE + (BCE − CE)](f(x_adv)) + β·mean KL·(1 − p_y(x))
-``mail-at``     normal, CE, PM_adv           mean w·CE(f(x_adv), y)
-``mail-trades`` normal, KL, PM_adv           mean CE(f(x), y) + β·mean w·KL
-``mail-mart``   normal, CE, PM_adv           mean w·BCE(f(x_adv), y) + β·mean KL·(1 − p_y(x))
-==============  ===========================  ==============================================================
+A method's :class:`Recipe` names its attack (random start and loss; τ: FAT's early stop), the
+model's train-mode forwards, its per-example loss terms (:class:`Term`: CE(x) = CE(f(x), y), BCE
+MART's boosted CE, KL = KL(p(x_adv) ‖ p(x)), KL_cw = KL(p(x_cw) ‖ p(x))) with the factor each
+carries — 1, the instance weight w (normalised to mean 1 over the batch unless said) or 1 − w — and
+the signal w is read from: κ of the attack or PM of the forward that gives the loss.
+
+========================  ==============  ==============  =====================================================  ======
+name                      attack          forwards f(·)   training loss, the batch mean of each term             weight
+========================  ==============  ==============  =====================================================  ======
+``at``                    uniform, CE     x_adv           CE(x_adv)                                              —
+``trades``                normal, KL      x, x_adv        CE(x) + β·KL                                           —
+``mart``                  normal, CE      x, x_adv        CE(x_adv) + (BCE − CE)(x_adv) + β·KL·(1 − p_y(x))      —
+``fat``                   uniform, CE, τ  x_adv           CE(x_adv)                                              —
+``gairat``                uniform, CE     x_adv           w·CE(x_adv)                                            κ
+``gair-fat``              uniform, CE, τ  x_adv           w·CE(x_adv)                                            κ
+``gair-trades``           normal, KL      x, x_adv        w·CE(x) + β·KL                                         κ
+``gair-mart``             normal, CE      x, x_adv        w·CE(x_adv) + (BCE − CE)(x_adv) + β·KL·(1 − p_y(x))    κ
+``mail-at``               normal, CE      x_adv           w·CE(x_adv)                                            PM
+``mail-trades``           normal, KL      x, x_adv        CE(x) + w·β·KL                                         PM
+``mail-mart``             normal, CE      x, x_adv        w·CE(x_adv) + w·(BCE − CE)(x_adv) + β·KL·(1 − p_y(x))  PM
+``gair-trades`` official  normal, KL      x, x_adv, x_cw  CE(x) + w·β·KL + (1 − w)·β·KL_cw                       κ
+``trades`` official       normal, KL      x, x_adv, x     CE(x) + β·KL                                           —
+========================  ==============  ==============  =====================================================  ======
+
+τ: FAT's early stop, 0 → 3 → 6 at epochs 40 and 70 (:func:`fat_tau`); β = 6 (``trades``,
+``gair-trades``, ``mail-mart``) or 5 (``mart``, ``gair-mart``, ``mail-trades``).
 
 The AWP methods (Wu, Xia and Wang 2020) take each optimiser step at weights perturbed, by
 :class:`~instance_reweight.AdversarialWeightPerturbation`, to increase the same objective — with the
@@ -30,9 +40,13 @@ warm-up 0 and 10 epochs), ``gairat-awp`` and ``mail-at-awp`` (as ``gairat`` and 
 
 ``variant="official"`` gives the official codes' objectives where they differ from the papers:
 ``gair-trades`` becomes the GAIR-RST code's mean CE(f(x), y) + β·mean [w·KL(x_kl) + (1 − w)·KL(x_cw)]
-with unnormalised w (GAIRAT Eq. 13; x_cw from a CW attack), the MAIL methods use 3·ω, unnormalised,
-and ``trades`` runs the official TRADES code's three train-mode forwards, f(x), f(x_adv) and f(x) again
-for the KL (the same loss and gradient; BatchNorm's running statistics see the natural batch twice).
+with unnormalised w (GAIRAT Eq. 13; x_cw from a CW attack, run only once w applies), the MAIL methods
+use 3·ω, unnormalised, and ``trades`` runs the official TRADES code's three train-mode forwards, f(x),
+f(x_adv) and f(x) again for the KL (the same loss and gradient; BatchNorm's running statistics see
+the natural batch twice).
+
+Adding a method is adding an entry to ``_METHODS`` (and, for a new term, one function in
+``_TERMS``); the table above is checked against the entries by the tests.
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, FrozenSet, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,10 +73,10 @@ from .awp import AdversarialWeightPerturbation
 from .losses import boosted_ce, misclassification_aware_kl, trades_kl
 from .margin import margin_dif_of, margin_of
 from .scheduler import BurnInScheduler
-from .schemes import SCHEMES, resolve_scheme
+from .schemes import SCHEMES, Scheme, resolve_scheme
 from .weighting import InstanceWeighting, weighted_mean
 
-__all__ = ["Method", "Objective", "Term", "fat_tau", "get", "names"]
+__all__ = ["Factor", "Method", "Objective", "Recipe", "Term", "fat_tau", "get", "names"]
 
 
 def fat_tau(epoch: int) -> int:
@@ -76,7 +90,7 @@ def fat_tau(epoch: int) -> int:
 
 
 class Objective(enum.Enum):
-    """The family of a method's training loss (SPEC §3)."""
+    """The families of training loss (SPEC §3); a :class:`Recipe` spells its own out in terms."""
 
     AT = "mean CE(f(x_adv), y)"
     TRADES = "CE(f(x), y) + β·KL(p(x_adv) ‖ p(x))"
@@ -85,29 +99,125 @@ class Objective(enum.Enum):
 
 
 class Term(enum.Enum):
-    """A per-example term of an objective, with its coefficient; the weight lands on some of them."""
+    """A per-example loss term with its coefficient, in the notation of the module's table.
 
-    CE_NAT = "CE(f(x), y)"
-    CE_ADV = "CE(f(x_adv), y)"
-    BOOST = "BCE(f(x_adv), y) − CE(f(x_adv), y), MART's boost"
-    KL = "β·KL(p(x_adv) ‖ p(x))"
-    MKL = "β·KL(p(x_adv) ‖ p(x))·(1 − p_y(x)), MART's"
-    KL_CW = "β·KL(p(x_cw) ‖ p(x)), GAIR-RST's"
+    CE(x) is CE(f(x), y); BCE is MART's boosted CE; KL is KL(p(x_adv) ‖ p(x)), summed over classes;
+    KL_cw is KL(p(x_cw) ‖ p(x)), x_cw from a CW attack (GAIR-RST).
+    """
+
+    CE_NAT = "CE(x)"
+    CE_ADV = "CE(x_adv)"
+    BOOST = "(BCE − CE)(x_adv)"
+    KL = "β·KL"
+    MKL = "β·KL·(1 − p_y(x))"
+    KL_CW = "β·KL_cw"
+
+
+class Factor(enum.Enum):
+    """What multiplies a term: 1, the instance weight w, or 1 − w (GAIR-RST's KL_cw)."""
+
+    ONE = "1"
+    W = "w"
+    ONE_MINUS_W = "1 − w"
+
+
+class _Batch(NamedTuple):
+    """What a loss term reads: the logits of each forward by name, the labels and β."""
+
+    logits: Mapping[str, Tensor]
+    y: Tensor
+    beta: float
+
+
+def _ce(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(at_least_float32(logits), y, reduction="none")
+
+
+def _ce_nat(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
+    return _ce(b.logits["nat"], b.y)
+
+
+def _ce_adv(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
+    return _ce(b.logits["adv"], b.y)
+
+
+def _boost(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
+    """MART's BCE − CE, the CE being the CE(x_adv) term just computed (one graph for both)."""
+    return boosted_ce(b.logits["adv"], b.y) - earlier[Term.CE_ADV]
+
+
+def _kl(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
+    """TRADES' KL, against the natural logits of its own forward where the recipe runs one."""
+    return b.beta * trades_kl(b.logits["adv"], b.logits.get("nat_kl", b.logits["nat"]))
+
+
+def _mkl(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
+    return b.beta * misclassification_aware_kl(b.logits["adv"], b.logits["nat"], b.y)
+
+
+def _kl_cw(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
+    return b.beta * trades_kl(b.logits["cw"], b.logits["nat"])
+
+
+TermFunction = Callable[[_Batch, Mapping[Term, Tensor]], Tensor]
+"""``(batch, the terms computed before it) -> (N,)`` per-example values of one term."""
+
+_TERMS: Mapping[Term, TermFunction] = {
+    Term.CE_NAT: _ce_nat,
+    Term.CE_ADV: _ce_adv,
+    Term.BOOST: _boost,
+    Term.KL: _kl,
+    Term.MKL: _mkl,
+    Term.KL_CW: _kl_cw,
+}
+
+_FORWARDS = ("nat", "adv", "nat_kl", "cw")
+"""f(x), f(x_adv), f(x) again for TRADES' KL (the official TRADES code), f(x_cw) (GAIR-RST)."""
+_SIGNALS = (None, "kappa", "margin")
 
 
 @dataclass(frozen=True)
-class _Spec:
-    """A method: which loss terms it sums, which of them carry the weight, what the weight reads."""
+class Recipe:
+    """A method as data, which :class:`Method` interprets.
 
-    objective: Objective
-    weighted: FrozenSet[Term] = frozenset()
+    Attributes:
+        attack: the attack's hyper-parameters (ε, step size, K, ``attack_loss``, ``random_start``,
+            ``clip``, ``norm``).
+        forwards: the model's train-mode forwards, in order, among ``"nat"`` (f(x)), ``"adv"``
+            (f(x_adv)), ``"nat_kl"`` (f(x) again, read by TRADES' KL) and ``"cw"`` (f(x_cw), with
+            x_cw from a CW attack, run only while w applies: the 1 − w term needs it).
+        terms: each loss term, in the order they are summed, and its :class:`Factor`.
+        signal: what w is computed from: ``"kappa"`` (GAIRAT), ``"margin"`` (MAIL) or ``None``.
+        defaults: the other hyper-parameters (β, τ, the weighting's, AWP's).
+    """
+
+    attack: Mapping[str, Any]
+    forwards: Tuple[str, ...]
+    terms: Mapping[Term, Factor]
     signal: Optional[str] = None
-    """``"kappa"`` (GAIRAT), ``"margin"`` (MAIL) or ``None`` (no reweighting)."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    kl_forward: bool = False
-    """TRADES' KL reads the natural logits of a second train-mode forward, run after the adversarial
-    one: the official TRADES code's three forwards (same loss and gradient, BatchNorm statistics
-    updated three times)."""
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.forwards if f not in _FORWARDS]
+        if unknown or self.signal not in _SIGNALS:
+            raise ValueError(
+                f"Expected forwards among {_FORWARDS} and a signal among {_SIGNALS}, got "
+                f"{self.forwards} and {self.signal!r}."
+            )
+        if (self.signal is None) != (set(self.terms.values()) == {Factor.ONE}):
+            raise ValueError(
+                f"Expected a signal exactly when a term carries w, got signal={self.signal!r} for "
+                f"the factors {[f.value for f in self.terms.values()]}."
+            )
+
+    @property
+    def weighted(self) -> FrozenSet[Term]:
+        """The terms that carry w."""
+        return frozenset(t for t, f in self.terms.items() if f is Factor.W)
+
+    def with_defaults(self, **defaults: Any) -> Recipe:
+        """The same recipe with some defaults added or changed."""
+        return replace(self, defaults={**self.defaults, **defaults})
 
 
 # Threat model of both papers (SPEC §4); TRADES, MART and all MAIL code start at x + 0.001·N(0, I).
@@ -131,100 +241,78 @@ _MAIL = {
     "burn_in_epochs": 74,
 }
 
-# AWP's γ (relative size of the weight perturbation) and warm-up epochs: AT-AWP and TRADES-AWP.
+# Shorthands for the table below.
+CE_NAT, CE_ADV, BOOST, KL, MKL, KL_CW = Term
+ONE, W, ONE_MINUS_W = Factor
+ADV, NAT_ADV = ("adv",), ("nat", "adv")
+
+# GAIRAT Table 1 (WRN-32-10); GAIR-TRADES Appendix C.9; GAIR-MART Appendix C.7 (from epoch 75).
+# MAIL Section 4.1: γ, β of the weight; β of TRADES and MART; the initial 74 epochs burn in.
+_METHODS: Dict[str, Recipe] = {
+    # name: Recipe(attack, forwards, {term: factor}, signal, defaults)
+    "at": Recipe(_PGD, ADV, {CE_ADV: ONE}),
+    "trades": Recipe(_KL, NAT_ADV, {CE_NAT: ONE, KL: ONE}, None, {"beta": 6.0}),
+    "mart": Recipe(_NORMAL, NAT_ADV, {CE_ADV: ONE, BOOST: ONE, MKL: ONE}, None, {"beta": 5.0}),
+    "fat": Recipe(_PGD, ADV, {CE_ADV: ONE}, None, {"tau": fat_tau}),
+    "gairat": Recipe(_PGD, ADV, {CE_ADV: W}, "kappa", {**_GAIR, "burn_in_epochs": 60, "lam": 0.0}),
+    "gair-fat": Recipe(
+        _PGD, ADV, {CE_ADV: W}, "kappa",
+        {**_GAIR, "tau": fat_tau, "burn_in_epochs": 60, "lam": 0.0},
+    ),
+    "gair-trades": Recipe(
+        _KL, NAT_ADV, {CE_NAT: W, KL: ONE}, "kappa",
+        {**_GAIR, "beta": 6.0, "burn_in_epochs": 75, "lam": -1.0},
+    ),
+    "gair-mart": Recipe(
+        _NORMAL, NAT_ADV, {CE_ADV: W, BOOST: ONE, MKL: ONE}, "kappa",
+        {**_GAIR, "beta": 5.0, "burn_in_epochs": 75, "lam": -1.0},
+    ),
+    "mail-at": Recipe(_NORMAL, ADV, {CE_ADV: W}, "margin", {**_MAIL, "slope": 10.0, "bias": -0.5}),
+    "mail-trades": Recipe(
+        _KL, NAT_ADV, {CE_NAT: ONE, KL: W}, "margin",
+        {**_MAIL, "beta": 5.0, "slope": 2.0, "bias": 0.0},
+    ),
+    "mail-mart": Recipe(  # w on the whole BCE
+        _NORMAL, NAT_ADV, {CE_ADV: W, BOOST: W, MKL: ONE}, "margin",
+        {**_MAIL, "beta": 6.0, "slope": 2.0, "bias": 0.0},
+    ),
+}  # fmt: skip
+
+# AWP composes with a method: its recipe, with AWP's γ (relative size of the weight perturbation)
+# and warm-up epochs of AT-AWP or TRADES-AWP.
 _AT_AWP = {"awp_gamma": 5e-3, "awp_warmup": 0}
 _TRADES_AWP = {"awp_gamma": 5e-3, "awp_warmup": 10}
-
-_CE_ADV = frozenset({Term.CE_ADV})
-
-_METHODS: Mapping[str, _Spec] = {
-    "at": _Spec(Objective.AT, defaults=_PGD),
-    "trades": _Spec(Objective.TRADES, defaults={**_KL, "beta": 6.0}),
-    "mart": _Spec(Objective.MART, defaults={**_NORMAL, "beta": 5.0}),
-    "fat": _Spec(Objective.AT, defaults={**_PGD, "tau": fat_tau}),
-    # GAIRAT Table 1 (WRN-32-10); GAIR-TRADES Appendix C.9; GAIR-MART Appendix C.7 (from epoch 75).
-    "gairat": _Spec(
-        Objective.AT, _CE_ADV, "kappa", {**_PGD, **_GAIR, "burn_in_epochs": 60, "lam": 0.0}
-    ),
-    "gair-fat": _Spec(
-        Objective.AT,
-        _CE_ADV,
-        "kappa",
-        {**_PGD, **_GAIR, "tau": fat_tau, "burn_in_epochs": 60, "lam": 0.0},
-    ),
-    "gair-trades": _Spec(
-        Objective.TRADES,
-        frozenset({Term.CE_NAT}),
-        "kappa",
-        {**_KL, **_GAIR, "beta": 6.0, "burn_in_epochs": 75, "lam": -1.0},
-    ),
-    "gair-mart": _Spec(
-        Objective.MART,
-        _CE_ADV,
-        "kappa",
-        {**_NORMAL, **_GAIR, "beta": 5.0, "burn_in_epochs": 75, "lam": -1.0},
-    ),
-    # MAIL Section 4.1: γ, β of the weight; β of TRADES and MART; the initial 74 epochs burn in.
-    "mail-at": _Spec(
-        Objective.AT, _CE_ADV, "margin", {**_NORMAL, **_MAIL, "slope": 10.0, "bias": -0.5}
-    ),
-    "mail-trades": _Spec(
-        Objective.TRADES,
-        frozenset({Term.KL}),
-        "margin",
-        {**_KL, **_MAIL, "beta": 5.0, "slope": 2.0, "bias": 0.0},
-    ),
-    "mail-mart": _Spec(
-        Objective.MART,
-        frozenset({Term.CE_ADV, Term.BOOST}),  # the whole BCE
-        "margin",
-        {**_NORMAL, **_MAIL, "beta": 6.0, "slope": 2.0, "bias": 0.0},
-    ),
-}
-# AWP composes with any method: the same spec, AWP's γ and warm-up added.
-_METHODS = {
-    **_METHODS,
-    **{
-        f"{name}-awp": replace(_METHODS[name], defaults={**_METHODS[name].defaults, **awp})
-        for name, awp in (
-            ("at", _AT_AWP),
-            ("trades", _TRADES_AWP),
-            ("gairat", _AT_AWP),
-            ("mail-at", _AT_AWP),
-            ("mail-trades", _TRADES_AWP),
-        )
-    },
-}
-
-
-def _official(
-    spec: _Spec,
-    objective: Optional[Objective] = None,
-    weighted: FrozenSet[Term] = frozenset(),
-    **defaults: Any,
-) -> _Spec:
-    return replace(
-        spec,
-        objective=objective or spec.objective,
-        weighted=weighted or spec.weighted,
-        defaults={**spec.defaults, **defaults},
-    )
-
+_METHODS.update(
+    {
+        "at-awp": _METHODS["at"].with_defaults(**_AT_AWP),
+        "trades-awp": _METHODS["trades"].with_defaults(**_TRADES_AWP),
+        "gairat-awp": _METHODS["gairat"].with_defaults(**_AT_AWP),
+        "mail-at-awp": _METHODS["mail-at"].with_defaults(**_AT_AWP),
+        "mail-trades-awp": _METHODS["mail-trades"].with_defaults(**_TRADES_AWP),
+    }
+)
 
 # The official codes' objectives, where they differ from the papers' equations.
-_OFFICIAL: Mapping[str, _Spec] = {
-    "gair-trades": _official(
-        _METHODS["gair-trades"], Objective.RST, frozenset({Term.KL}), normalize="none"
+_OFFICIAL: Mapping[str, Recipe] = {
+    "gair-trades": replace(
+        _METHODS["gair-trades"].with_defaults(normalize="none"),
+        forwards=("nat", "adv", "cw"),
+        terms={CE_NAT: ONE, KL: W, KL_CW: ONE_MINUS_W},
     ),
     **{
-        name: _official(_METHODS[name], normalize="none", scale=3.0)
+        name: _METHODS[name].with_defaults(normalize="none", scale=3.0)
         for name in ("mail-at", "mail-trades", "mail-mart")
     },
-    "trades": replace(_METHODS["trades"], kl_forward=True),
+    "trades": replace(_METHODS["trades"], forwards=("nat", "adv", "nat_kl")),
 }
 
 _VARIANTS = ("paper", "official")
-_MARGINS = ("adv", "nat", "dif")
+# The PM the MAIL methods read (``margin=``): the function and the forwards it reads.
+_MARGINS: Mapping[str, Tuple[Callable[..., Tensor], Tuple[str, ...]]] = {
+    "adv": (margin_of, ("adv",)),
+    "nat": (margin_of, ("nat",)),
+    "dif": (margin_dif_of, ("nat", "adv")),
+}
 
 
 def names() -> Tuple[str, ...]:
@@ -273,16 +361,18 @@ def get(name: str, model: nn.Module, *, variant: str = "paper", **overrides: Any
 
 
 class Method:
-    r"""One adversarial-training method bound to a model: attack, forwards, loss, schedules.
+    r"""One adversarial-training method bound to a model: the interpreter of its :class:`Recipe`.
 
     Build it with :func:`get`. For every batch, :meth:`loss` runs the attack (model in eval mode,
-    see :class:`~instance_reweight.GeometryAwareAttack`), then the natural forward (when the loss or
-    the weight needs it) and the adversarial forward as separate calls in the model's own mode (call
-    ``model.train()`` as usual: BatchNorm then sees each batch separately, as in the official codes),
-    and returns the scalar to backpropagate. The weight is computed without gradient from κ of the
-    attack or from PM of the forward that gives the loss (detached), by :attr:`weighting` on the
-    terms the method names (:class:`Term`). Every value check of the step (inputs, labels, logits,
-    gradients of the attack; the logits PM is read from) is read with one host synchronisation.
+    see :class:`~instance_reweight.GeometryAwareAttack`), then the recipe's forwards as separate
+    calls in the model's own mode (call ``model.train()`` as usual: BatchNorm then sees each batch
+    separately, as in the official codes), and returns the scalar to backpropagate: the mean of the
+    terms that carry 1 plus the mean of w times those that carry w (a term carrying 1 − w counts in
+    both, with −w). The weight is computed without gradient from κ of the attack or from PM of the
+    forward that gives the loss (detached), by :attr:`weighting`. A natural forward that only the
+    weight reads (``margin="nat"`` or ``"dif"`` with the AT objective) runs without gradient. Every
+    value check of the step (inputs, labels, logits, gradients of the attack; the logits PM is read
+    from) is read with one host synchronisation.
 
     Hyper-parameters (every one a keyword of :func:`get`; those a method does not use are rejected):
 
@@ -303,8 +393,15 @@ class Method:
     unperturbed weights (the forward MAIL reads PM from), and weight both the objective the
     perturbation increases and the one the step decreases.
 
+    Args:
+        name: the method's name.
+        model: the classifier being trained.
+        recipe: its :class:`Recipe`.
+        overrides: hyper-parameters that replace the recipe's defaults.
+
     Attributes:
         name: the method's name.
+        recipe: its :class:`Recipe`.
         params: every hyper-parameter, defaults and overrides merged.
         attack: the :class:`~instance_reweight.GeometryAwareAttack`.
         weighting: the :class:`~instance_reweight.InstanceWeighting` of the weighted terms, or
@@ -329,79 +426,24 @@ class Method:
     """
 
     def __init__(
-        self, name: str, model: nn.Module, spec: _Spec, overrides: Mapping[str, Any]
+        self, name: str, model: nn.Module, recipe: Recipe, overrides: Mapping[str, Any]
     ) -> None:
-        params = {**spec.defaults, **overrides}
-        scheme = resolve_scheme(params["scheme"]) if spec.signal else None
-        scheme_keys = set(scheme.defaults) - {"steps"} if scheme else set()
-        valid = set(spec.defaults) | scheme_keys
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(
-                f"Expected hyper-parameters of {name!r} among ({', '.join(sorted(valid))}), got "
-                f"{', '.join(unknown)}."
-            )
+        params, scheme = _hyper_parameters(name, recipe, overrides)
         self.name = name
         self.model = model
+        self.recipe = recipe
         self.params: Mapping[str, Any] = params
-        self._spec = spec
         self._beta = check_number(params.get("beta", 0.0), "beta", minimum=0.0)
-        self._margin = check_choice(params.get("margin", "adv"), "margin", _MARGINS)
-        tau = params.get("tau")
-        attack = dict(
-            eps=params["eps"],
-            step_size=params["step_size"],
-            steps=params["steps"],
-            random_start=params["random_start"],
-            clip=params["clip"],
-            norm=params["norm"],
-        )
-        self.attack = GeometryAwareAttack(
-            model,
-            loss=params["attack_loss"],
-            tau=None if tau is None or callable(tau) else tau,
-            **attack,
-        )
-        self._cw_attack = (
-            GeometryAwareAttack(model, loss="cw", **attack)
-            if spec.objective is Objective.RST
-            else None
-        )
-        self.weighted_terms = spec.weighted
-        self.weighting: Optional[InstanceWeighting] = None
-        self.burn_in: Optional[BurnInScheduler] = None
-        if scheme is not None:
-            if scheme.signal not in (None, "any", spec.signal):  # "any": a user's callable
-                valid_schemes = ", ".join(
-                    sorted(k for k, s in SCHEMES.items() if s.signal == spec.signal)
-                )
-                raise ValueError(
-                    f"Expected a scheme reading `{spec.signal}` for {name!r} ({valid_schemes}, 'uniform' or a "
-                    f"callable), got {params['scheme']!r}."
-                )
-            if spec.objective is Objective.RST and params["normalize"] != "none":
-                raise ValueError(
-                    f"Expected normalize='none' for the official GAIR-RST objective w·KL + (1 − w)·KL_cw "
-                    f"(w in [0, 1]), got {params['normalize']!r}."
-                )
-            scheme_params = {k: params[k] for k in scheme_keys - {"lam"} if k in params}
-            if "steps" in scheme.defaults:
-                scheme_params["steps"] = params["steps"]
-            self.weighting = InstanceWeighting(
-                params["scheme"],
-                normalize=params["normalize"],
-                scale=params["scale"],
-                **scheme_params,
-            )
-            lam = params.get("lam") if "lam" in scheme.defaults or "lam" in overrides else None
-            self.burn_in = BurnInScheduler(
-                self.weighting, burn_in_epochs=params["burn_in_epochs"], lam=lam
-            )
-        self.awp: Optional[AdversarialWeightPerturbation] = None
-        if "awp_gamma" in params:
-            gamma = check_number(params["awp_gamma"], "awp_gamma", minimum=0.0, strict=True)
-            self.awp = AdversarialWeightPerturbation(model, gamma=gamma)
-            self._awp_warmup = check_int(params["awp_warmup"], "awp_warmup", 0, " (0-based epoch)")
+        margin = check_choice(params.get("margin", "adv"), "margin", tuple(_MARGINS))
+        self._pm, self._pm_reads = _MARGINS[margin]
+        # A forward that only the weight reads (f(x) for PM_nat in the AT objective) runs first,
+        # without gradient.
+        self._weight_only = frozenset(self._pm_reads) - set(recipe.forwards)
+        self._forwards = tuple(f for f in _FORWARDS if f in self._weight_only) + recipe.forwards
+        self.attack, self._cw_attack = _attacks(model, recipe, params)
+        self.weighted_terms = recipe.weighted
+        self.weighting, self.burn_in = _weighting(name, recipe, scheme, params, overrides)
+        self.awp, self._awp_warmup = _awp(model, params)
         self.epoch = 0
         self.last_signal: Dict[str, Tensor] = {}
         self.last_weights: Optional[Tensor] = None
@@ -466,9 +508,7 @@ class Method:
 
         Every value check of the step is read with one host synchronisation, before the body runs.
 
-        Args:
-            x: inputs ``(N, *)`` inside the attack's ``clip``.
-            y: class indices ``(N,)``.
+        Args: as :meth:`loss`.
 
         Yields:
             The scalar loss, at least float32.
@@ -521,110 +561,6 @@ class Method:
             optimizer.step()
         return loss.detach()
 
-    def _objective(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        x_adv: Tensor,
-        kappa: Tensor,
-        checks: DeferredChecks,
-        weights: Optional[Tensor] = None,
-    ) -> Tensor:
-        """The training loss of ``model`` on the attacked batch; ``weights`` ``None``: computed from
-        the signal (and kept in :attr:`last_signal`, :attr:`last_weights`), else used as given."""
-        objective = self._spec.objective
-        logits_nat = None
-        if objective is not Objective.AT or self._margin != "adv":
-            # In the AT objective the natural forward only feeds the weight: no graph for it.
-            with torch.no_grad() if objective is Objective.AT else contextlib.nullcontext():
-                logits_nat = check_logits(model(x), x.shape[0], "model output")
-        logits_adv = check_logits(model(x_adv), x.shape[0], "model output")
-        logits_kl = logits_nat
-        if self._spec.kl_forward:  # the official TRADES order: f(x), f(x_adv), f(x) again
-            logits_kl = check_logits(model(x), x.shape[0], "model output")
-        # The attack checks the labels with the step's one synchronisation; until then clamped
-        # labels keep every term defined (no device-side assert on a GPU).
-        y = y.long().clamp(0, logits_adv.shape[1] - 1)
-        terms = self._terms(model, x, y, logits_nat, logits_adv, logits_kl, checks)
-        rest = [t for k, t in terms.items() if k not in self.weighted_terms]
-        loss = torch.stack(rest).sum(0).mean() if rest else logits_adv.new_zeros(())
-        if weights is None:
-            self.last_signal = self._signal(kappa, logits_nat, logits_adv, y, checks)
-        if self.weighting is not None:
-            # In the terms' own order, not the frozenset's (hash-seeded): the same sum every run.
-            weighted = torch.stack([t for k, t in terms.items() if k in self.weighted_terms]).sum(0)
-            if weights is None:
-                # κ comes from the attack and PM from logits checked above: no check of their own.
-                weights = self.weighting._weights(
-                    **self.last_signal,
-                    n=x.shape[0],
-                    device=weighted.device,
-                    checks=checks,
-                    trusted=True,
-                )
-                self.last_weights = weights
-            loss = loss + weighted_mean(weighted, weights)
-        return loss
-
-    def _terms(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        logits_nat: Optional[Tensor],
-        logits_adv: Tensor,
-        logits_kl: Optional[Tensor],
-        checks: DeferredChecks,
-    ) -> Dict[Term, Tensor]:
-        """The per-example loss terms ``(N,)`` of the objective, each with its coefficient;
-        ``logits_kl``: the natural logits TRADES' KL reads (``logits_nat`` but for ``kl_forward``)."""
-
-        def ce(logits: Tensor) -> Tensor:
-            return F.cross_entropy(at_least_float32(logits), y, reduction="none")
-
-        objective = self._spec.objective
-        if objective is Objective.AT or logits_nat is None:
-            return {Term.CE_ADV: ce(logits_adv)}
-        if objective is Objective.MART:
-            ce_adv = ce(logits_adv)
-            return {
-                Term.CE_ADV: ce_adv,
-                Term.BOOST: boosted_ce(logits_adv, y) - ce_adv,
-                Term.MKL: self._beta * misclassification_aware_kl(logits_adv, logits_nat, y),
-            }
-        terms = {
-            Term.CE_NAT: ce(logits_nat),
-            Term.KL: self._beta
-            * trades_kl(logits_adv, logits_nat if logits_kl is None else logits_kl),
-        }
-        if objective is Objective.RST and self._cw_attack is not None and self.reweighting:
-            # w·KL + (1 − w)·KL_cw = w·(KL − KL_cw) + KL_cw; during burn-in w = 1 and x_cw is not needed.
-            x_cw = self._cw_attack._attack(x, y, checks).adv
-            kl_cw = self._beta * trades_kl(model(x_cw), logits_nat)
-            terms.update({Term.KL: terms[Term.KL] - kl_cw, Term.KL_CW: kl_cw})
-        return terms
-
-    def _signal(
-        self,
-        kappa: Tensor,
-        logits_nat: Optional[Tensor],
-        logits_adv: Tensor,
-        y: Tensor,
-        checks: DeferredChecks,
-    ) -> Dict[str, Tensor]:
-        if self._spec.signal != "margin":
-            return {"kappa": kappa}
-        if self._margin == "adv" or logits_nat is None:
-            read: Tuple[Tensor, ...] = (logits_adv,)
-        else:
-            read = (logits_nat,) if self._margin == "nat" else (logits_nat, logits_adv)
-        for logits in read:
-            checks.add_finite(logits, "logits (PM is read from them)")
-        if len(read) == 1:
-            return {"margin": margin_of(read[0], y)}
-        return {"margin": margin_dif_of(read[0], read[1], y)}
-
     def stats(self) -> Dict[str, float]:
         """The last batch's signal mean and median and weight min/mean/max, as floats.
 
@@ -646,3 +582,173 @@ class Method:
             f"{k}={getattr(v, '__name__', v)!r}" for k, v in sorted(self.params.items())
         )
         return f"{type(self).__name__}({self.name!r}, epoch={self.epoch}, {params})"
+
+    # --- The interpreter of the recipe -------------------------------------------------------------
+
+    def _objective(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        x_adv: Tensor,
+        kappa: Tensor,
+        checks: DeferredChecks,
+        weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        """The training loss of ``model`` on the attacked batch; ``weights`` ``None``: computed from
+        the signal (and kept in :attr:`last_signal`, :attr:`last_weights`), else used as given."""
+        logits = self._run_forwards(model, x, y, x_adv, checks)
+        # The attack checks the labels with the step's one synchronisation; until then clamped
+        # labels keep every term defined (no device-side assert on a GPU).
+        y = y.long().clamp(0, logits["adv"].shape[1] - 1)
+        terms = self._terms(_Batch(logits, y, self._beta))
+        if weights is None:
+            self.last_signal = self._signal(kappa, logits, y, checks)
+            weights = self._weights(x.shape[0], logits["adv"].device, checks)
+        return _reduce(terms, self.recipe.terms, weights)
+
+    def _run_forwards(
+        self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, checks: DeferredChecks
+    ) -> Dict[str, Tensor]:
+        """The logits of each forward of the recipe, by name, in its order."""
+        logits: Dict[str, Tensor] = {}
+        for name in self._forwards:
+            if name == "cw" and not self.reweighting:
+                continue  # x_cw is read by the (1 − w) term alone, which vanishes while w = 1
+            inputs = self._input(name, x, y, x_adv, checks)
+            with torch.no_grad() if name in self._weight_only else contextlib.nullcontext():
+                logits[name] = check_logits(model(inputs), x.shape[0], "model output")
+        return logits
+
+    def _input(
+        self, name: str, x: Tensor, y: Tensor, x_adv: Tensor, checks: DeferredChecks
+    ) -> Tensor:
+        """What forward ``name`` reads: x, x_adv, or x_cw, attacked here."""
+        if name == "cw" and self._cw_attack is not None:
+            return self._cw_attack._attack(x, y, checks).adv
+        return x_adv if name == "adv" else x
+
+    def _terms(self, batch: _Batch) -> Dict[Term, Tensor]:
+        """The per-example terms ``(N,)``, each with its coefficient, in the recipe's order."""
+        terms: Dict[Term, Tensor] = {}
+        for term, factor in self.recipe.terms.items():
+            if factor is Factor.ONE_MINUS_W and not self.reweighting:
+                continue  # (1 − w)·ℓ is 0 while w = 1 (burn-in)
+            terms[term] = _TERMS[term](batch, terms)
+        return terms
+
+    def _signal(
+        self, kappa: Tensor, logits: Mapping[str, Tensor], y: Tensor, checks: DeferredChecks
+    ) -> Dict[str, Tensor]:
+        """``{"kappa": κ}``, or ``{"margin": PM}`` for a method weighted by PM."""
+        if self.recipe.signal != "margin":
+            return {"kappa": kappa}
+        read = [logits[name] for name in self._pm_reads]
+        for z in read:
+            checks.add_finite(z, "logits (PM is read from them)")
+        return {"margin": self._pm(*read, y)}
+
+    def _weights(self, n: int, device: torch.device, checks: DeferredChecks) -> Optional[Tensor]:
+        """The weights of :attr:`last_signal` (also kept in :attr:`last_weights`); ``None`` for a
+        method without reweighting."""
+        if self.weighting is None:
+            return None
+        # κ comes from the attack and PM from logits checked above: no check of their own.
+        self.last_weights = self.weighting._weights(
+            **self.last_signal, n=n, device=device, checks=checks, trusted=True
+        )
+        return self.last_weights
+
+
+def _reduce(
+    terms: Mapping[Term, Tensor], factors: Mapping[Term, Factor], weights: Optional[Tensor]
+) -> Tensor:
+    """mean Σ ℓ over the terms carrying 1 + mean w·Σ ℓ over those carrying w, in the terms' order;
+    (1 − w)·ℓ enters both sums, as ℓ + w·(−ℓ)."""
+    plain = [t for k, t in terms.items() if factors[k] is not Factor.W]
+    weighted = [
+        t if factors[k] is Factor.W else -t
+        for k, t in terms.items()
+        if factors[k] is not Factor.ONE
+    ]
+    parts = [torch.stack(plain).sum(0).mean()] if plain else []
+    if weights is not None:  # a recipe has a term carrying w exactly when it has a signal
+        parts.append(weighted_mean(torch.stack(weighted).sum(0), weights))
+    return sum(parts[1:], parts[0])
+
+
+def _hyper_parameters(
+    name: str, recipe: Recipe, overrides: Mapping[str, Any]
+) -> Tuple[Dict[str, Any], Optional[Scheme]]:
+    """The recipe's defaults with the overrides, each known to it or its scheme, and the scheme."""
+    params = {**recipe.attack, **recipe.defaults, **overrides}
+    scheme = resolve_scheme(params["scheme"]) if recipe.signal else None
+    scheme_keys = set(scheme.defaults) - {"steps"} if scheme else set()
+    valid = set(recipe.attack) | set(recipe.defaults) | scheme_keys
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(
+            f"Expected hyper-parameters of {name!r} among ({', '.join(sorted(valid))}), got "
+            f"{', '.join(unknown)}."
+        )
+    return params, scheme
+
+
+def _attacks(
+    model: nn.Module, recipe: Recipe, params: Mapping[str, Any]
+) -> Tuple[GeometryAwareAttack, Optional[GeometryAwareAttack]]:
+    """The method's attack, and the CW attack of x_cw where the recipe has that forward."""
+    tau = params.get("tau")
+    threat = {k: params[k] for k in ("eps", "step_size", "steps", "random_start", "clip", "norm")}
+    attack = GeometryAwareAttack(
+        model,
+        loss=params["attack_loss"],
+        tau=None if tau is None or callable(tau) else tau,
+        **threat,
+    )
+    cw = GeometryAwareAttack(model, loss="cw", **threat) if "cw" in recipe.forwards else None
+    return attack, cw
+
+
+def _weighting(
+    name: str,
+    recipe: Recipe,
+    scheme: Optional[Scheme],
+    params: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+) -> Tuple[Optional[InstanceWeighting], Optional[BurnInScheduler]]:
+    """The weighting of a method with a signal, and its burn-in; ``(None, None)`` without."""
+    if scheme is None:
+        return None, None
+    if scheme.signal not in (None, "any", recipe.signal):  # "any": a user's callable
+        valid = ", ".join(sorted(k for k, s in SCHEMES.items() if s.signal == recipe.signal))
+        raise ValueError(
+            f"Expected a scheme reading `{recipe.signal}` for {name!r} ({valid}, 'uniform' or a "
+            f"callable), got {params['scheme']!r}."
+        )
+    if Factor.ONE_MINUS_W in recipe.terms.values() and params["normalize"] != "none":
+        raise ValueError(
+            f"Expected normalize='none' for {name!r}, whose objective weights a term by 1 − w "
+            f"(w in [0, 1]), got {params['normalize']!r}."
+        )
+    scheme_params = {
+        k: params[k] for k in scheme.defaults if k in params and k not in ("steps", "lam")
+    }
+    if "steps" in scheme.defaults:
+        scheme_params["steps"] = params["steps"]  # the scheme's K is the attack's K
+    weighting = InstanceWeighting(
+        params["scheme"], normalize=params["normalize"], scale=params["scale"], **scheme_params
+    )
+    lam = params.get("lam") if "lam" in scheme.defaults or "lam" in overrides else None
+    return weighting, BurnInScheduler(weighting, burn_in_epochs=params["burn_in_epochs"], lam=lam)
+
+
+def _awp(
+    model: nn.Module, params: Mapping[str, Any]
+) -> Tuple[Optional[AdversarialWeightPerturbation], int]:
+    """AWP and its warm-up epochs for a method with AWP's hyper-parameters; ``(None, 0)`` without."""
+    if "awp_gamma" not in params:
+        return None, 0
+    gamma = check_number(params["awp_gamma"], "awp_gamma", minimum=0.0, strict=True)
+    warmup = check_int(params["awp_warmup"], "awp_warmup", 0, " (0-based epoch)")
+    return AdversarialWeightPerturbation(model, gamma=gamma), warmup

@@ -21,6 +21,7 @@ from ._checks import (
     check_number,
     check_tensor,
     fail,
+    wrong_shape,
 )
 from .distributed import global_logsumexp, world_size
 from .schemes import Scheme, SchemeLike, resolve_scheme
@@ -71,8 +72,8 @@ def _check_signal(
 ) -> Tensor:
     """Type, shape and device of a signal (no synchronisation); its values are checked apart."""
     signal = check_tensor(signal, name)
-    if signal.dim() != 1 or (n is not None and signal.shape[0] != n):
-        expected = f"({n},)" if n is not None else "(N,)"
+    expected = wrong_shape(signal, 1, n)
+    if expected:
         raise ValueError(
             f"Expected `{name}` of shape {expected} (one value per example), got {tuple(signal.shape)}."
         )
@@ -288,7 +289,10 @@ class InstanceWeighting:
         Returns a scalar in the dtype of ``losses`` (at least float32), 0 for an empty batch; the
         weights are constants (no gradient flows into them).
         """
-        losses = check_losses(losses, None, "`losses`")
+        return self._reduce(check_losses(losses, None, "`losses`"), kappa, margin)
+
+    def _reduce(self, losses: Tensor, kappa: Optional[Tensor], margin: Optional[Tensor]) -> Tensor:
+        """:meth:`reduce` of losses the caller has checked (``InstanceReweightedLoss``)."""
         checks = DeferredChecks()
         weights = self._weights(
             kappa, margin, n=losses.shape[0], device=losses.device, checks=checks
