@@ -506,21 +506,21 @@ def test_one_host_synchronisation_per_training_step(count_syncs, name, variant):
         assert count_syncs(lambda: method.loss(x, y).backward()) == 1
 
 
-# --- Every method is its recipe: the module's table agrees with the entries --------------------------
+# --- Every method is its definition: the module's table agrees with the entries --------------------------
 
 _INPUTS = {"nat": "x", "adv": "x_adv", "nat_kl": "x", "cw": "x_cw"}
 _PREFIX = {methods.Factor.ONE: "", methods.Factor.W: "w·", methods.Factor.ONE_MINUS_W: "(1 − w)·"}
 _SIGNAL = {None: "—", "kappa": "κ", "margin": "PM"}
 
 
-def table_row(recipe):
-    """The cells of a recipe's row: attack, forwards, training loss, weight signal."""
-    attack = f"{recipe.attack['random_start']}, {recipe.attack['attack_loss'].upper()}"
+def table_row(definition):
+    """The cells of a definition's row: attack, forwards, training loss, weight signal."""
+    attack = f"{definition.attack['random_start']}, {definition.attack['attack_loss'].upper()}"
     return [
-        attack + (", τ" if "tau" in recipe.defaults else ""),
-        ", ".join(_INPUTS[f] for f in recipe.forwards),
-        " + ".join(_PREFIX[factor] + term.value for term, factor in recipe.terms.items()),
-        _SIGNAL[recipe.signal],
+        attack + (", τ" if "tau" in definition.defaults else ""),
+        ", ".join(_INPUTS[f] for f in definition.forwards),
+        " + ".join(_PREFIX[factor] + term.value for term, factor in definition.terms.items()),
+        _SIGNAL[definition.signal],
     ]
 
 
@@ -544,19 +544,19 @@ def docstring_table():
 def test_the_module_table_is_the_recipes():
     expected = {f"``{name}``": table_row(methods._METHODS[name]) for name in methods.names()}
     expected = {k: v for k, v in expected.items() if not k.endswith("-awp``")}
-    for name, recipe in methods._OFFICIAL.items():
+    for name, definition in methods._OFFICIAL.items():
         if (
-            recipe.forwards != methods._METHODS[name].forwards
-            or recipe.terms != methods._METHODS[name].terms
+            definition.forwards != methods._METHODS[name].forwards
+            or definition.terms != methods._METHODS[name].terms
         ):
-            expected[f"``{name}`` official"] = table_row(recipe)
+            expected[f"``{name}`` official"] = table_row(definition)
     assert docstring_table() == expected
 
 
 def test_a_new_recipe_is_one_entry_and_a_bad_one_fails_at_definition():
     base = methods._METHODS["at"]
     # GAIRAT's rule on the boost too: the factors are data, the interpreter is the same.
-    recipe = methods.Recipe(
+    definition = methods.Definition(
         base.attack,
         ("nat", "adv"),
         {methods.Term.CE_ADV: methods.Factor.W, methods.Term.BOOST: methods.Factor.W},
@@ -565,7 +565,7 @@ def test_a_new_recipe_is_one_entry_and_a_bad_one_fails_at_definition():
     )
     model = make_model(torch.float64, gain=8.0)
     x, y = make_batch(torch.float64)
-    method = methods.Method("gair-bce", model, recipe, ATTACK)
+    method = methods.Method("gair-bce", model, definition, ATTACK)
     _, _, kappa, logits_nat, logits_adv = reference(method, x, y)
     t = per_example_terms(logits_nat, logits_adv, y)
     omega = raw_weights(method, kappa, [])
@@ -574,8 +574,8 @@ def test_a_new_recipe_is_one_entry_and_a_bad_one_fails_at_definition():
     assert method.weighted_terms == {methods.Term.CE_ADV, methods.Term.BOOST}
 
     with pytest.raises(ValueError, match="Expected forwards among .*got \\('adv', 'x_cw'\\)"):
-        methods.Recipe(base.attack, ("adv", "x_cw"), base.terms)
+        methods.Definition(base.attack, ("adv", "x_cw"), base.terms)
     with pytest.raises(ValueError, match="Expected a signal exactly when a term carries w"):
-        methods.Recipe(base.attack, ("adv",), {methods.Term.CE_ADV: methods.Factor.W})
+        methods.Definition(base.attack, ("adv",), {methods.Term.CE_ADV: methods.Factor.W})
     with pytest.raises(ValueError, match="Expected a signal exactly when a term carries w"):
-        methods.Recipe(base.attack, ("adv",), base.terms, "kappa")
+        methods.Definition(base.attack, ("adv",), base.terms, "kappa")

@@ -1,11 +1,11 @@
-r"""Every method of both papers by name, each defined as data: a :class:`Recipe`.
+r"""Every method of both papers by name, each defined as data: a :class:`Definition`.
 
 :func:`get` binds a method to a model; a training loop calls :meth:`Method.set_epoch` once per epoch
 and :meth:`Method.step` (or the ``with`` block :meth:`Method.training_step`) for every batch, so
 switching method is changing a string. Methods without AWP also give :meth:`Method.loss` to
 backpropagate yourself.
 
-A method's :class:`Recipe` names its attack (random start and loss; τ: FAT's early stop), the
+A method's :class:`Definition` names its attack (random start and loss; τ: FAT's early stop), the
 model's train-mode forwards, its per-example loss terms (:class:`Term`: CE(x) = CE(f(x), y), BCE
 MART's boosted CE, KL = KL(p(x_adv) ‖ p(x)), KL_cw = KL(p(x_cw) ‖ p(x))) with the factor each
 carries — 1, the instance weight w (normalised to mean 1 over the batch unless said) or 1 − w — and
@@ -76,7 +76,7 @@ from .scheduler import BurnInScheduler
 from .schemes import SCHEMES, Scheme, resolve_scheme
 from .weighting import InstanceWeighting, weighted_mean
 
-__all__ = ["Factor", "Method", "Objective", "Recipe", "Term", "fat_tau", "get", "names"]
+__all__ = ["Definition", "Factor", "Method", "Term", "fat_tau", "get", "names"]
 
 
 def fat_tau(epoch: int) -> int:
@@ -87,15 +87,6 @@ def fat_tau(epoch: int) -> int:
         [0, 0, 3, 3, 6]
     """
     return 0 if epoch < 40 else 3 if epoch < 70 else 6
-
-
-class Objective(enum.Enum):
-    """The families of training loss (SPEC §3); a :class:`Recipe` spells its own out in terms."""
-
-    AT = "mean CE(f(x_adv), y)"
-    TRADES = "CE(f(x), y) + β·KL(p(x_adv) ‖ p(x))"
-    MART = "BCE(f(x_adv), y) + β·KL·(1 − p_y(x))"
-    RST = "CE(f(x), y) + β·[w·KL(x_kl) + (1 − w)·KL(x_cw)] (the official GAIR-TRADES code)"
 
 
 class Term(enum.Enum):
@@ -147,7 +138,7 @@ def _boost(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
 
 
 def _kl(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
-    """TRADES' KL, against the natural logits of its own forward where the recipe runs one."""
+    """TRADES' KL, against the natural logits of its own forward where the definition runs one."""
     return b.beta * trades_kl(b.logits["adv"], b.logits.get("nat_kl", b.logits["nat"]))
 
 
@@ -177,7 +168,7 @@ _SIGNALS = (None, "kappa", "margin")
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Definition:
     """A method as data, which :class:`Method` interprets.
 
     Attributes:
@@ -215,8 +206,8 @@ class Recipe:
         """The terms that carry w."""
         return frozenset(t for t, f in self.terms.items() if f is Factor.W)
 
-    def with_defaults(self, **defaults: Any) -> Recipe:
-        """The same recipe with some defaults added or changed."""
+    def with_defaults(self, **defaults: Any) -> Definition:
+        """The same definition with some defaults added or changed."""
         return replace(self, defaults={**self.defaults, **defaults})
 
 
@@ -248,37 +239,37 @@ ADV, NAT_ADV = ("adv",), ("nat", "adv")
 
 # GAIRAT Table 1 (WRN-32-10); GAIR-TRADES Appendix C.9; GAIR-MART Appendix C.7 (from epoch 75).
 # MAIL Section 4.1: γ, β of the weight; β of TRADES and MART; the initial 74 epochs burn in.
-_METHODS: Dict[str, Recipe] = {
-    # name: Recipe(attack, forwards, {term: factor}, signal, defaults)
-    "at": Recipe(_PGD, ADV, {CE_ADV: ONE}),
-    "trades": Recipe(_KL, NAT_ADV, {CE_NAT: ONE, KL: ONE}, None, {"beta": 6.0}),
-    "mart": Recipe(_NORMAL, NAT_ADV, {CE_ADV: ONE, BOOST: ONE, MKL: ONE}, None, {"beta": 5.0}),
-    "fat": Recipe(_PGD, ADV, {CE_ADV: ONE}, None, {"tau": fat_tau}),
-    "gairat": Recipe(_PGD, ADV, {CE_ADV: W}, "kappa", {**_GAIR, "burn_in_epochs": 60, "lam": 0.0}),
-    "gair-fat": Recipe(
+_METHODS: Dict[str, Definition] = {
+    # name: Definition(attack, forwards, {term: factor}, signal, defaults)
+    "at": Definition(_PGD, ADV, {CE_ADV: ONE}),
+    "trades": Definition(_KL, NAT_ADV, {CE_NAT: ONE, KL: ONE}, None, {"beta": 6.0}),
+    "mart": Definition(_NORMAL, NAT_ADV, {CE_ADV: ONE, BOOST: ONE, MKL: ONE}, None, {"beta": 5.0}),
+    "fat": Definition(_PGD, ADV, {CE_ADV: ONE}, None, {"tau": fat_tau}),
+    "gairat": Definition(_PGD, ADV, {CE_ADV: W}, "kappa", {**_GAIR, "burn_in_epochs": 60, "lam": 0.0}),
+    "gair-fat": Definition(
         _PGD, ADV, {CE_ADV: W}, "kappa",
         {**_GAIR, "tau": fat_tau, "burn_in_epochs": 60, "lam": 0.0},
     ),
-    "gair-trades": Recipe(
+    "gair-trades": Definition(
         _KL, NAT_ADV, {CE_NAT: W, KL: ONE}, "kappa",
         {**_GAIR, "beta": 6.0, "burn_in_epochs": 75, "lam": -1.0},
     ),
-    "gair-mart": Recipe(
+    "gair-mart": Definition(
         _NORMAL, NAT_ADV, {CE_ADV: W, BOOST: ONE, MKL: ONE}, "kappa",
         {**_GAIR, "beta": 5.0, "burn_in_epochs": 75, "lam": -1.0},
     ),
-    "mail-at": Recipe(_NORMAL, ADV, {CE_ADV: W}, "margin", {**_MAIL, "slope": 10.0, "bias": -0.5}),
-    "mail-trades": Recipe(
+    "mail-at": Definition(_NORMAL, ADV, {CE_ADV: W}, "margin", {**_MAIL, "slope": 10.0, "bias": -0.5}),
+    "mail-trades": Definition(
         _KL, NAT_ADV, {CE_NAT: ONE, KL: W}, "margin",
         {**_MAIL, "beta": 5.0, "slope": 2.0, "bias": 0.0},
     ),
-    "mail-mart": Recipe(  # w on the whole BCE
+    "mail-mart": Definition(  # w on the whole BCE
         _NORMAL, NAT_ADV, {CE_ADV: W, BOOST: W, MKL: ONE}, "margin",
         {**_MAIL, "beta": 6.0, "slope": 2.0, "bias": 0.0},
     ),
 }  # fmt: skip
 
-# AWP composes with a method: its recipe, with AWP's γ (relative size of the weight perturbation)
+# AWP composes with a method: its definition, with AWP's γ (relative size of the weight perturbation)
 # and warm-up epochs of AT-AWP or TRADES-AWP.
 _AT_AWP = {"awp_gamma": 5e-3, "awp_warmup": 0}
 _TRADES_AWP = {"awp_gamma": 5e-3, "awp_warmup": 10}
@@ -293,7 +284,7 @@ _METHODS.update(
 )
 
 # The official codes' objectives, where they differ from the papers' equations.
-_OFFICIAL: Mapping[str, Recipe] = {
+_OFFICIAL: Mapping[str, Definition] = {
     "gair-trades": replace(
         _METHODS["gair-trades"].with_defaults(normalize="none"),
         forwards=("nat", "adv", "cw"),
@@ -361,10 +352,10 @@ def get(name: str, model: nn.Module, *, variant: str = "paper", **overrides: Any
 
 
 class Method:
-    r"""One adversarial-training method bound to a model: the interpreter of its :class:`Recipe`.
+    r"""One adversarial-training method bound to a model: the interpreter of its :class:`Definition`.
 
     Build it with :func:`get`. For every batch, :meth:`loss` runs the attack (model in eval mode,
-    see :class:`~instance_reweight.GeometryAwareAttack`), then the recipe's forwards as separate
+    see :class:`~instance_reweight.GeometryAwareAttack`), then the definition's forwards as separate
     calls in the model's own mode (call ``model.train()`` as usual: BatchNorm then sees each batch
     separately, as in the official codes), and returns the scalar to backpropagate: the mean of the
     terms that carry 1 plus the mean of w times those that carry w (a term carrying 1 − w counts in
@@ -396,12 +387,12 @@ class Method:
     Args:
         name: the method's name.
         model: the classifier being trained.
-        recipe: its :class:`Recipe`.
-        overrides: hyper-parameters that replace the recipe's defaults.
+        definition: its :class:`Definition`.
+        overrides: hyper-parameters that replace the definition's defaults.
 
     Attributes:
         name: the method's name.
-        recipe: its :class:`Recipe`.
+        definition: its :class:`Definition`.
         params: every hyper-parameter, defaults and overrides merged.
         attack: the :class:`~instance_reweight.GeometryAwareAttack`.
         weighting: the :class:`~instance_reweight.InstanceWeighting` of the weighted terms, or
@@ -426,23 +417,23 @@ class Method:
     """
 
     def __init__(
-        self, name: str, model: nn.Module, recipe: Recipe, overrides: Mapping[str, Any]
+        self, name: str, model: nn.Module, definition: Definition, overrides: Mapping[str, Any]
     ) -> None:
-        params, scheme = _hyper_parameters(name, recipe, overrides)
+        params, scheme = _hyper_parameters(name, definition, overrides)
         self.name = name
         self.model = model
-        self.recipe = recipe
+        self.definition = definition
         self.params: Mapping[str, Any] = params
         self._beta = check_number(params.get("beta", 0.0), "beta", minimum=0.0)
         margin = check_choice(params.get("margin", "adv"), "margin", tuple(_MARGINS))
         self._pm, self._pm_reads = _MARGINS[margin]
         # A forward that only the weight reads (f(x) for PM_nat in the AT objective) runs first,
         # without gradient.
-        self._weight_only = frozenset(self._pm_reads) - set(recipe.forwards)
-        self._forwards = tuple(f for f in _FORWARDS if f in self._weight_only) + recipe.forwards
-        self.attack, self._cw_attack = _attacks(model, recipe, params)
-        self.weighted_terms = recipe.weighted
-        self.weighting, self.burn_in = _weighting(name, recipe, scheme, params, overrides)
+        self._weight_only = frozenset(self._pm_reads) - set(definition.forwards)
+        self._forwards = tuple(f for f in _FORWARDS if f in self._weight_only) + definition.forwards
+        self.attack, self._cw_attack = _attacks(model, definition, params)
+        self.weighted_terms = definition.weighted
+        self.weighting, self.burn_in = _weighting(name, definition, scheme, params, overrides)
         self.awp, self._awp_warmup = _awp(model, params)
         self.epoch = 0
         self.last_signal: Dict[str, Tensor] = {}
@@ -583,7 +574,7 @@ class Method:
         )
         return f"{type(self).__name__}({self.name!r}, epoch={self.epoch}, {params})"
 
-    # --- The interpreter of the recipe -------------------------------------------------------------
+    # --- The interpreter of the definition -------------------------------------------------------------
 
     def _objective(
         self,
@@ -605,12 +596,12 @@ class Method:
         if weights is None:
             self.last_signal = self._signal(kappa, logits, y, checks)
             weights = self._weights(x.shape[0], logits["adv"].device, checks)
-        return _reduce(terms, self.recipe.terms, weights)
+        return _reduce(terms, self.definition.terms, weights)
 
     def _run_forwards(
         self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, checks: DeferredChecks
     ) -> Dict[str, Tensor]:
-        """The logits of each forward of the recipe, by name, in its order."""
+        """The logits of each forward of the definition, by name, in its order."""
         logits: Dict[str, Tensor] = {}
         for name in self._forwards:
             if name == "cw" and not self.reweighting:
@@ -629,9 +620,9 @@ class Method:
         return x_adv if name == "adv" else x
 
     def _terms(self, batch: _Batch) -> Dict[Term, Tensor]:
-        """The per-example terms ``(N,)``, each with its coefficient, in the recipe's order."""
+        """The per-example terms ``(N,)``, each with its coefficient, in the definition's order."""
         terms: Dict[Term, Tensor] = {}
-        for term, factor in self.recipe.terms.items():
+        for term, factor in self.definition.terms.items():
             if factor is Factor.ONE_MINUS_W and not self.reweighting:
                 continue  # (1 − w)·ℓ is 0 while w = 1 (burn-in)
             terms[term] = _TERMS[term](batch, terms)
@@ -641,7 +632,7 @@ class Method:
         self, kappa: Tensor, logits: Mapping[str, Tensor], y: Tensor, checks: DeferredChecks
     ) -> Dict[str, Tensor]:
         """``{"kappa": κ}``, or ``{"margin": PM}`` for a method weighted by PM."""
-        if self.recipe.signal != "margin":
+        if self.definition.signal != "margin":
             return {"kappa": kappa}
         read = [logits[name] for name in self._pm_reads]
         for z in read:
@@ -672,19 +663,19 @@ def _reduce(
         if factors[k] is not Factor.ONE
     ]
     parts = [torch.stack(plain).sum(0).mean()] if plain else []
-    if weights is not None:  # a recipe has a term carrying w exactly when it has a signal
+    if weights is not None:  # a definition has a term carrying w exactly when it has a signal
         parts.append(weighted_mean(torch.stack(weighted).sum(0), weights))
     return sum(parts[1:], parts[0])
 
 
 def _hyper_parameters(
-    name: str, recipe: Recipe, overrides: Mapping[str, Any]
+    name: str, definition: Definition, overrides: Mapping[str, Any]
 ) -> Tuple[Dict[str, Any], Optional[Scheme]]:
-    """The recipe's defaults with the overrides, each known to it or its scheme, and the scheme."""
-    params = {**recipe.attack, **recipe.defaults, **overrides}
-    scheme = resolve_scheme(params["scheme"]) if recipe.signal else None
+    """The definition's defaults with the overrides, each known to it or its scheme, and the scheme."""
+    params = {**definition.attack, **definition.defaults, **overrides}
+    scheme = resolve_scheme(params["scheme"]) if definition.signal else None
     scheme_keys = set(scheme.defaults) - {"steps"} if scheme else set()
-    valid = set(recipe.attack) | set(recipe.defaults) | scheme_keys
+    valid = set(definition.attack) | set(definition.defaults) | scheme_keys
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(
@@ -695,9 +686,9 @@ def _hyper_parameters(
 
 
 def _attacks(
-    model: nn.Module, recipe: Recipe, params: Mapping[str, Any]
+    model: nn.Module, definition: Definition, params: Mapping[str, Any]
 ) -> Tuple[GeometryAwareAttack, Optional[GeometryAwareAttack]]:
-    """The method's attack, and the CW attack of x_cw where the recipe has that forward."""
+    """The method's attack, and the CW attack of x_cw where the definition has that forward."""
     tau = params.get("tau")
     threat = {k: params[k] for k in ("eps", "step_size", "steps", "random_start", "clip", "norm")}
     attack = GeometryAwareAttack(
@@ -706,13 +697,13 @@ def _attacks(
         tau=None if tau is None or callable(tau) else tau,
         **threat,
     )
-    cw = GeometryAwareAttack(model, loss="cw", **threat) if "cw" in recipe.forwards else None
+    cw = GeometryAwareAttack(model, loss="cw", **threat) if "cw" in definition.forwards else None
     return attack, cw
 
 
 def _weighting(
     name: str,
-    recipe: Recipe,
+    definition: Definition,
     scheme: Optional[Scheme],
     params: Mapping[str, Any],
     overrides: Mapping[str, Any],
@@ -720,13 +711,13 @@ def _weighting(
     """The weighting of a method with a signal, and its burn-in; ``(None, None)`` without."""
     if scheme is None:
         return None, None
-    if scheme.signal not in (None, "any", recipe.signal):  # "any": a user's callable
-        valid = ", ".join(sorted(k for k, s in SCHEMES.items() if s.signal == recipe.signal))
+    if scheme.signal not in (None, "any", definition.signal):  # "any": a user's callable
+        valid = ", ".join(sorted(k for k, s in SCHEMES.items() if s.signal == definition.signal))
         raise ValueError(
-            f"Expected a scheme reading `{recipe.signal}` for {name!r} ({valid}, 'uniform' or a "
+            f"Expected a scheme reading `{definition.signal}` for {name!r} ({valid}, 'uniform' or a "
             f"callable), got {params['scheme']!r}."
         )
-    if Factor.ONE_MINUS_W in recipe.terms.values() and params["normalize"] != "none":
+    if Factor.ONE_MINUS_W in definition.terms.values() and params["normalize"] != "none":
         raise ValueError(
             f"Expected normalize='none' for {name!r}, whose objective weights a term by 1 − w "
             f"(w in [0, 1]), got {params['normalize']!r}."
