@@ -140,3 +140,60 @@ def test_a_refused_state_changes_nothing():
         with pytest.raises((TypeError, ValueError), match="Expected"):
             ramp.load_state_dict(state)
         assert (ramp.state_dict(), attack.eps, attack.step_size) == before
+
+
+def test_a_method_ramps_eps_per_batch_and_keeps_whole_epoch_schedules():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    method = ir.methods.get(
+        "gairat", model, eps=0.3, step_size=0.04, eps_ramp_epochs=2, burn_in_epochs=1
+    )
+    seen = []
+    for t in (0.0, 0.5, 0.99, 1.0, 1.5, 2.0, 3.25):
+        method.set_epoch(t)
+        seen.append((method.epoch, method.reweighting, method.attack.eps))
+    want_eps = [_oracle(0.3, 0.04, 2, t)[0] for t in (0.0, 0.5, 0.99, 1.0, 1.5, 2.0, 3.25)]
+    assert [e for _, _, e in seen] == pytest.approx(want_eps, abs=1e-15)
+    assert [(e, r) for e, r, _ in seen] == [
+        (0, False), (0, False), (0, False), (1, True), (1, True), (2, True), (3, True)
+    ]  # fmt: skip
+    assert method.progress == 3.25 and method.state_dict() == {"epoch": 3.25}
+
+
+def test_a_method_at_the_start_of_the_ramp_trains_on_natural_examples():
+    # ε(0) = 0: the attack returns x, so AT's loss is the natural mean cross-entropy.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    method = ir.methods.get("at", model, eps=0.3, step_size=0.04, eps_ramp_epochs=1)
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 5, (8,))
+    loss = method.loss(x, y)
+    assert torch.allclose(loss, nn.functional.cross_entropy(model(x), y), rtol=1e-6, atol=0)
+
+
+def test_the_cw_attack_of_the_official_gair_trades_follows_the_ramp():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    method = ir.methods.get(
+        "gair-trades", model, variant="official", eps=0.3, step_size=0.04, eps_ramp_epochs=4
+    )
+    method.set_epoch(1.0)
+    cw = method._cw_attack
+    assert (cw.eps, cw.step_size) == (method.attack.eps, method.attack.step_size)
+    assert method.attack.eps == pytest.approx(0.075)
+
+
+def test_a_method_state_dict_restores_the_ramp():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    method = ir.methods.get("at", model, eps=0.3, step_size=0.04, eps_ramp_epochs=2)
+    method.set_epoch(1.5)
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = ir.methods.get("at", model, eps=0.3, step_size=0.04, eps_ramp_epochs=2)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert (fresh.epoch, fresh.progress, fresh.attack.eps) == (1, 1.5, method.attack.eps)
+    with pytest.raises(ValueError, match="Method.state_dict"):
+        fresh.load_state_dict({"epochs": 1})
+    with pytest.raises(ValueError, match="eps_ramp_epochs"):
+        ir.methods.get("at", model, eps_ramp_epochs=-1)
+    with pytest.raises(ValueError, match="0-based"):
+        method.set_epoch(-0.5)
+    assert ir.methods.get("at", model).eps_scheduler is None

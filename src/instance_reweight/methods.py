@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, FrozenSet, Iterator, Mapping, NamedTuple, Optional, Tuple
 
@@ -72,7 +73,7 @@ from .attack import GeometryAwareAttack
 from .awp import AdversarialWeightPerturbation
 from .losses import boosted_ce, misclassification_aware_kl, trades_kl
 from .margin import margin_dif_of, margin_of
-from .scheduler import BurnInScheduler
+from .scheduler import BurnInScheduler, EpsilonScheduler
 from .schemes import SCHEMES, Scheme, resolve_scheme
 from .weighting import InstanceWeighting, weighted_mean
 
@@ -220,6 +221,7 @@ _PGD = {
     "random_start": "uniform",
     "clip": (0.0, 1.0),
     "norm": "linf",
+    "eps_ramp_epochs": 0.0,  # no ramp in either paper
 }
 _NORMAL = {**_PGD, "random_start": "normal"}
 _KL = {**_NORMAL, "attack_loss": "kl"}
@@ -376,6 +378,9 @@ class Method:
     - ``margin``: which PM the MAIL methods read, ``"adv"`` (PM_adv, MAIL's default), ``"nat"`` or
       ``"dif"`` (these two run the natural forward in the AT objective too).
     - ``norm``: the attack's threat model, ``"linf"`` or ``"l2"`` (set ``eps`` and ``step_size`` with it).
+    - ``eps_ramp_epochs``: ε and the step grow linearly from 0 to ``eps`` and ``step_size`` over this
+      many epochs (:class:`~instance_reweight.EpsilonScheduler`; 0, the default, for none). Call
+      :meth:`set_epoch` with a fractional epoch before every batch for a per-batch ramp.
     - ``awp_gamma``, ``awp_warmup``: AWP's γ and the 0-based epoch from which it applies (AWP methods).
 
     An AWP method must change the weights inside its step, so a loop drives it through :meth:`step`
@@ -399,6 +404,8 @@ class Method:
             ``None`` for a method without reweighting.
         weighted_terms: the :class:`Term` s that carry the weight (empty without reweighting).
         burn_in: its :class:`~instance_reweight.BurnInScheduler`, or ``None``.
+        eps_scheduler: its :class:`~instance_reweight.EpsilonScheduler` (``eps_ramp_epochs`` > 0),
+            or ``None``.
         awp: the :class:`~instance_reweight.AdversarialWeightPerturbation` of an AWP method, or
             ``None``.
         last_signal: the last batch's ``{"kappa": κ}`` or ``{"margin": PM}`` (detached), ready for
@@ -435,7 +442,10 @@ class Method:
         self.weighted_terms = definition.weighted
         self.weighting, self.burn_in = _weighting(name, definition, scheme, params, overrides)
         self.awp, self._awp_warmup = _awp(model, params)
+        ramp = check_number(params["eps_ramp_epochs"], "eps_ramp_epochs", minimum=0.0)
+        self.eps_scheduler = EpsilonScheduler(self.attack, ramp_epochs=ramp) if ramp > 0 else None
         self.epoch = 0
+        self.progress = 0.0
         self.last_signal: Dict[str, Tensor] = {}
         self.last_weights: Optional[Tensor] = None
         self.set_epoch(0)
@@ -450,15 +460,46 @@ class Method:
         """Whether the current epoch reweights (False during burn-in and for the baselines)."""
         return self.burn_in is not None and self.burn_in.active
 
-    def set_epoch(self, epoch: int) -> None:
-        """Move the burn-in, λ and τ schedules to ``epoch`` (0-based); call at the start of every epoch."""
-        check_int(epoch, "epoch", 0, " (0-based)")
+    def set_epoch(self, epoch: float) -> None:
+        """Move every schedule to ``epoch`` (0-based): at the start of every epoch, or before every
+        batch with the fractional epoch ``epoch + i / len(loader)`` for a per-batch ε ramp.
+
+        Burn-in, λ, τ and AWP's warm-up read the whole epoch ⌊epoch⌋ (:attr:`epoch`); the ε ramp
+        reads the fractional one (:attr:`progress`).
+
+        Example:
+            >>> method = get("at", nn.Linear(4, 3), eps=0.3, step_size=0.04, eps_ramp_epochs=2)
+            >>> method.set_epoch(0.5)
+            >>> method.epoch, round(method.attack.eps, 3), round(method.attack.step_size, 3)
+            (0, 0.075, 0.01)
+        """
+        progress = check_number(epoch, "epoch", minimum=0.0, hint=" (0-based, may be fractional)")
+        whole = math.floor(progress)
         if self.burn_in is not None:
-            self.burn_in.step(epoch)
+            self.burn_in.step(whole)
         tau = self.params.get("tau")
         if callable(tau):
-            self.attack.tau = tau(epoch)
-        self.epoch = epoch
+            self.attack.tau = tau(whole)
+        if self.eps_scheduler is not None:
+            self.eps_scheduler.step(progress)
+            if self._cw_attack is not None:  # x_cw under the same, ramped, threat
+                self._cw_attack.eps = self.attack.eps
+                self._cw_attack.step_size = self.attack.step_size
+        self.epoch, self.progress = whole, progress
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The method's place in time, ``{"epoch": progress}``: every schedule (burn-in, λ, τ, AWP's
+        warm-up, the ε ramp) is a function of it and of :attr:`params`. Plain values only."""
+        return {"epoch": self.progress}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the epoch of :meth:`state_dict` and apply every schedule at it."""
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"epoch"}:
+            raise ValueError(
+                "Expected the dict of Method.state_dict(), {'epoch': <0-based epoch>}, got "
+                f"{state_dict!r}."
+            )
+        self.set_epoch(state_dict["epoch"])
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         """Attack the batch and return the method's training loss (a scalar to backpropagate).
