@@ -99,3 +99,34 @@ def test_accelerate_loop_one_process():
 
     result = accelerate_mail.train(epochs=2, burn_in_epochs=1, cpu=True, log=lambda r: None)
     assert result["processes"] == 1 and result["main"]
+
+
+def test_accelerate_launch_starts_two_processes_on_a_cpu_and_matches_one(tmp_path):
+    # The documented command starts 2 processes on a CPU machine; with normalize="global" their step
+    # is the step of one process on the whole batch (no random start: the same attack in both runs).
+    pytest.importorskip("accelerate")
+    import shutil
+    import subprocess
+
+    launcher = shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("the accelerate command is not on PATH")
+    script = INTEGRATIONS / "accelerate_mail.py"
+    common = ["--normalize", "global", "--no-random-start", "--cpu"]
+    two = subprocess.run(
+        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *common,
+         "--batch-size", "32", "--save", str(tmp_path / "two.pt")],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "trained in 2 process(es)" in two.stdout
+    one = subprocess.run(
+        [sys.executable, str(script), *common, "--batch-size", "64", "--save", str(tmp_path / "one.pt")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert "trained in 1 process(es)" in one.stdout
+    a, b = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)

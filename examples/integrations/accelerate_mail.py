@@ -1,8 +1,14 @@
 """MAIL-AT or GAIRAT in a 🤗 Accelerate loop: the README's three lines after ``accelerator.prepare``.
 
     python examples/integrations/accelerate_mail.py                       # one process
-    accelerate launch --num_processes 2 examples/integrations/accelerate_mail.py --normalize global
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
+        --dynamo_backend no examples/integrations/accelerate_mail.py --normalize global
     torchrun --nproc_per_node 2 examples/integrations/accelerate_mail.py --cpu --normalize global
+
+On a machine without GPUs, add the script's ``--cpu`` to the ``accelerate launch`` line: Accelerate's
+several-process launcher is the one named ``--multi_gpu`` (torchrun underneath), and ``--cpu`` makes each
+process use the gloo backend. (``accelerate launch --num_processes 2`` alone starts one process on a CPU
+machine.) The script prints how many processes trained.
 
 Under several processes each one attacks and weights its own part of the global batch. With
 ``normalize="batch"`` each process normalises the weights over its own part, which is not the papers'
@@ -29,8 +35,8 @@ import instance_reweight as ir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lightning_gairat import toy_data  # noqa: E402
 from logging_hook import EpochLogger  # noqa: E402
+from toy import toy_data  # noqa: E402
 
 
 def network() -> nn.Module:
@@ -118,8 +124,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         random_start=None if args.no_random_start else "normal",
         cpu=args.cpu,
     )
-    if args.save is not None and result["main"]:
-        torch.save(result["params"], args.save)
+    if result["main"]:
+        print(f"trained in {result['processes']} process(es)")
+        if args.save is not None:
+            torch.save(result["params"], args.save)
     return result
 
 

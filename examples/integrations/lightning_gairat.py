@@ -22,13 +22,14 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import instance_reweight as ir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from logging_hook import EpochLogger  # noqa: E402
+from toy import toy_data  # noqa: E402
 
 
 class ReweightedModule(L.LightningModule):
@@ -112,16 +113,6 @@ class ReweightedModule(L.LightningModule):
     def _log_scalars(self, record: Dict[str, Any]) -> None:
         scalars = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
         print(" | ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
-
-
-def toy_data(n: int, seed: int = 0) -> TensorDataset:
-    """Ten classes of 1×8×8 images in [0, 1]: a fixed class pattern plus noise drawn from ``seed``
-    (learnable in seconds)."""
-    patterns = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(1234))
-    generator = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 10
-    x = (0.5 * patterns[y] + 0.5 * torch.rand(n, 1, 8, 8, generator=generator)).clamp(0, 1)
-    return TensorDataset(x, y)
 
 
 def small_cnn() -> nn.Module:
