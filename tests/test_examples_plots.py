@@ -3,6 +3,7 @@ whole-epoch ticks, printed paths, and GAIRAT's and MAIL-AT's weights per point."
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -97,3 +98,47 @@ def test_quickstart_figure_shows_gairat_and_mail_weights_with_the_note(figures, 
         assert title in titles
     assert any("κ under AT" in t for t in titles)
     assert any(text.get_text() == quickstart.TOP10_NOTE for text in fig.texts)
+
+
+def test_histograms_separate_kappa_from_pm_epochs_and_label_the_end_bins(figures, tmp_path):
+    low, high, bins = plots.WEIGHT_BINS
+    burn_in = [record(e, "at", 1.0, kappa_hist=[1, 2, 3]) for e in range(2)]
+    mail = [record(e, "mail-at", 1.0, margin_hist=[1] * 20, weight_hist=[1] * bins)
+            for e in (2, 3, 4)]  # fmt: skip
+    plots.plot_histograms(burn_in + mail, tmp_path / "h.png", "MAIL-AT")
+    kappa, margin, weight = figures[0].axes[:3]  # then the colour bars
+    assert kappa.get_title() == "MAIL-AT κ, epochs 0–1"
+    assert margin.get_title() == "MAIL-AT PM_adv, epochs 2–4"
+    for ax in (kappa, margin, weight):
+        assert ax.get_xlim() == (-0.5, 4.5)  # one epoch axis for every panel
+        (line,) = ax.get_lines()
+        assert list(line.get_xdata()) == [1.5, 1.5]  # where κ gives way to PM
+    assert [t.get_text() for t in kappa.texts] == ["PM epochs"]
+    assert [t.get_text() for t in margin.texts] == ["κ epochs"]
+    labels = [t.get_text() for t in weight.get_yticklabels()]
+    assert labels[0] == f"≤{low + 0.25:g}\n(all <{low:g})"
+    assert labels[-1] == f"≥{high - 0.25:g}\n(all >{high:g})"
+
+
+def test_row_curves_one_panel_per_row_seeds_in_one_colour_prefix_once(figures, tmp_path):
+    at0, at1 = AT, [dict(r, test_pgd_acc=0.35) for r in AT]
+    gairat1 = at1[:3] + GAIRAT[3:]
+    rows = {"AT": {"0": at0, "1": at1}, "GAIRAT": {"0": GAIRAT, "1": gairat1}, "MART": {"0": []}}
+    plots.plot_row_curves(rows, tmp_path / "c.png")
+    at, gairat, mart = figures[0].axes
+    assert [ax.get_title() for ax in (at, gairat, mart)] == ["AT (2 seeds)", "GAIRAT (2 seeds)",
+                                                             "MART (0 seeds)"]  # fmt: skip
+    assert [t.get_text() for t in mart.texts] == ["no log yet"]
+    for ax in (at, gairat):
+        grey = [line for line in ax.get_lines() if line.get_color() == "0.55"]
+        own = {line.get_color() for line in ax.get_lines()} - {"0.55"}
+        assert len(own) == 1  # the row's colour for every seed
+        assert [list(line.get_xdata()) for line in grey] == [[0, 1, 2]] * 4  # 2 seeds × 2 series
+    assert at.get_shared_y_axes().joined(at, gairat)
+
+
+def test_plots_main_takes_run_folders(tmp_path):
+    folder = tmp_path / "at-seed0"
+    folder.mkdir()
+    (folder / "log.jsonl").write_text("\n".join(json.dumps(r) for r in AT) + "\n")
+    assert plots.main([str(folder), f"--out={tmp_path / 'c.png'}"]).is_file()

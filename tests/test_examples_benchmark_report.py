@@ -1,0 +1,190 @@
+"""benchmark_report.write_report on a synthetic, partly finished benchmark: the JSON's numbers checked
+by hand, missing runs reported, the tables and figures written.
+
+Outcomes are "the first k of n images correct", so every accuracy, difference and McNemar count is
+k/n arithmetic: AT seeds 0/1 and GAIRAT seeds 0/1 evaluated, MART seed 0 trained but not evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+import benchmark_report  # noqa: E402
+from paired_stats import pack_flags  # noqa: E402
+
+pytest.importorskip("matplotlib")
+
+T_975_1 = 12.706204736174707  # Student t, 0.975 quantile, 1 degree of freedom (two seeds)
+FULL, AA = 10, 4  # images of the two passes
+PASSES = {
+    "full": {"natural": "nat", "pgd20": "pgd40", "cw": "cw"},
+    "aa": {"aa": "aa", "apgd-ce": "apgd_ce", "apgd-t": "apgd_t", "pgd20-ls": "lspgd"},
+}
+# correct images (the first k) per run and metric
+CORRECT = {
+    ("AT", 0): dict(nat=9, pgd40=5, cw=5, aa=2, apgd_ce=3, apgd_t=2, lspgd=2),
+    ("AT", 1): dict(nat=8, pgd40=4, cw=4, aa=1, apgd_ce=2, apgd_t=1, lspgd=1),
+    ("GAIRAT", 0): dict(nat=9, pgd40=7, cw=3, aa=1, apgd_ce=2, apgd_t=1, lspgd=1),
+    ("GAIRAT", 1): dict(nat=9, pgd40=7, cw=3, aa=1, apgd_ce=2, lspgd=1),  # APGD-T not run yet
+}
+SPEC = {
+    "name": "mnist-benchmark",
+    "preset": "mnist-benchmark",
+    "rows": [{"label": "AT"}, {"label": "GAIRAT"}, {"label": "MART"}],
+    "evaluations": [
+        {"name": "full", "args": ["--eps", "0.3"]},
+        {"name": "aa", "args": ["--eps", "0.3"]},
+    ],
+    "claims": [
+        {"id": "C1", "method": "GAIRAT", "baseline": "AT", "directions": {"pgd40": 1, "aa": 1}},
+        {"id": "C2", "method": "GAIRAT", "baseline": "AT", "directions": {"aa": -1}},
+        {"id": "C9", "method": "MART", "baseline": "AT", "directions": {"pgd40": 1}},
+    ],
+}
+
+
+def first(k: int, n: int) -> np.ndarray:
+    return np.arange(n) < k
+
+
+def log(seed: int, reweighted: bool) -> list:
+    """Two epochs of shared AT burn-in (κ), then two of the row's own (weights if reweighted)."""
+    records = [{"epoch": e, "lr": 1e-3, "loss": 1.0, "seconds": 1.0, "examples": 60000,
+                "test_nat_acc": 0.5 + 0.1 * e, "test_pgd_acc": 0.2 + 0.1 * e + seed / 100,
+                "kappa_hist": [1, 2, 3]} for e in range(4)]  # fmt: skip
+    for r in records[2:]:
+        r["test_pgd_acc"] += 0.05 * reweighted
+        if reweighted:
+            r["weight_hist"] = [5] + [0] * 22 + [1]
+    return records
+
+
+def write_run(folder: Path, label: str, seed: int) -> None:
+    folder.mkdir(parents=True)
+    config = {"model": "wong-mnist", "data": "mnist", "epochs": 4, "train_size": None}
+    (folder / "config.json").write_text(json.dumps(config))
+    lines = [json.dumps(r) for r in log(seed, label != "AT")]
+    (folder / "log.jsonl").write_text("\n".join(lines) + "\n")
+    if (label, seed) not in CORRECT:
+        return
+    for name, metrics in PASSES.items():
+        n = FULL if name == "full" else AA
+        done = {a: m for a, m in metrics.items() if m in CORRECT[label, seed]}
+        record = {
+            "epoch": 4,
+            "config": config,
+            "settings": {
+                "eps": 0.3,
+                "norm": "linf",
+                "attacks": {a: {} for a in metrics},
+                "num_examples": dict.fromkeys(metrics, n),
+            },  # fmt: skip
+            "accuracy": {a: CORRECT[label, seed][m] / n for a, m in done.items()},
+            "device": "cpu",
+            "torch": "2.x",
+            "records": {
+                "first": 0,
+                "n": n,
+                "flags": {
+                    a: pack_flags(first(CORRECT[label, seed][m], n)) for a, m in done.items()
+                },
+            },
+        }
+        (folder / f"eval-last-{name}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def benchmark(tmp_path):
+    runs = []
+    for label, seeds in (("AT", (0, 1)), ("GAIRAT", (0, 1)), ("MART", (0,))):
+        for seed in seeds:
+            folder = tmp_path / "runs" / f"{label}-seed{seed}"
+            write_run(folder, label, seed)
+            runs.append({"label": label, "seed": seed, "folder": folder})
+    return tmp_path, runs
+
+
+def test_report_json_has_the_issues_shape_and_hand_checked_numbers(benchmark):
+    out, runs = benchmark
+    written = benchmark_report.write_report(SPEC, out, runs)
+    report = json.loads((out / "mnist-benchmark.json").read_text())
+    assert set(report) == {"setting", "rows", "claims"}
+    setting = report["setting"]
+    assert (setting["train_size"], setting["test_size"], setting["aa_size"]) == (60000, 10, 4)
+    assert setting["eps"] == 0.3 and setting["model"] == "wong-mnist"
+    assert setting["recipe"] == "mnist-benchmark"
+    assert setting["seeds"] == {"AT": [0, 1], "GAIRAT": [0, 1], "MART": [0]}
+    assert setting["evaluation"]["pgd40"]["attack"] == "pgd20"
+    assert any("--name aa" in c for c in setting["commands"])
+    # rows: percent per seed, mean and sd over seeds, sampling error at the mean
+    at = report["rows"]["AT"]
+    assert at["seeds"]["0"] == {m: 100 * k / (FULL if m in ("nat", "pgd40", "cw") else AA)
+                                for m, k in CORRECT["AT", 0].items()}  # fmt: skip
+    pgd = at["metrics"]["pgd40"]
+    assert (pgd["mean"], pgd["sd"], pgd["images"]) == (45.0, round(math.sqrt(50), 2), FULL)
+    assert pgd["se"] == round(100 * math.sqrt(0.45 * 0.55 / FULL), 2)
+    assert report["rows"]["GAIRAT"]["metrics"]["apgd_t"]["n_seeds"] == 1
+    assert "apgd-t not evaluated yet" in report["rows"]["GAIRAT"]["missing"]["1"][0]
+    assert report["rows"]["MART"]["seeds"] == {}
+    assert "no eval-last-full.json" in report["rows"]["MART"]["missing"]["0"][0]
+    # claims: d = GAIRAT − AT per seed; PGD-40 d = 20, 30; AA d = −25, 0
+    c1 = report["claims"]["C1"]["pgd40"]
+    half = T_975_1 * math.sqrt(50) / math.sqrt(2)
+    assert c1["mean"] == 25.0 and c1["interval"] == "seeds" and c1["n_seeds"] == 2
+    assert c1["ci95"] == pytest.approx([25 - half, 25 + half], abs=0.01)
+    assert c1["verdict"] == "not shown"
+    assert c1["seeds"]["0"]["b10"] == 2 and c1["seeds"]["0"]["b01"] == 0
+    assert c1["seeds"]["0"]["mcnemar_p"] == 0.5  # 2 · P(Binomial(2, ½) ≤ 0)
+    c2 = report["claims"]["C2"]["aa"]
+    assert c2["mean"] == -12.5 and c2["direction"] == -1
+    assert report["claims"]["C2"]["apgd_t"]["n_seeds"] == 1  # seed 1 skipped, named
+    assert "'apgd_t'" in report["claims"]["C2"]["apgd_t"]["skipped_seeds"]["1"]
+    c9 = report["claims"]["C9"]["pgd40"]
+    assert c9["n_seeds"] == 0 and c9["verdict"] is None
+    names = [p.name for p in written]
+    assert names == ["mnist-benchmark.json", "mnist-benchmark-tables.md", "claims.png", "rows.png",
+                     "curves.png", "histograms-AT.png", "histograms-GAIRAT.png",
+                     "histograms-MART.png"]  # fmt: skip
+    assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_tables_show_rows_claims_sampling_error_and_what_is_missing(benchmark):
+    out, runs = benchmark
+    benchmark_report.write_report(SPEC, out, runs)
+    text = (out / "mnist-benchmark-tables.md").read_text()
+    assert "| AT | 2 | 85.00 ± 7.07 | 45.00 ± 7.07 |" in text
+    assert "| MART | 0 | — |" in text
+    assert "PGD-40 ±15.73 (n = 10)" in text  # √(.45·.55/10), AT the largest
+    assert "- MART seed 0: pass 'full': no eval-last-full.json" in text
+    assert "| C1 | GAIRAT − AT | PGD-40 | gain | +25.00 |" in text
+    assert "2 seeds (t) | not shown | 0: 0.5, 1: 0.25 |" in text  # 2·(½)³ for b10 = 3
+
+
+def test_an_evaluation_of_an_unfinished_checkpoint_is_missing(benchmark):
+    out, runs = benchmark
+    path = runs[0]["folder"] / "eval-last-full.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(record, epoch=3)))
+    report = json.loads(benchmark_report.write_report(SPEC, out, runs)[0].read_text())
+    assert "pgd40" not in report["rows"]["AT"]["seeds"]["0"]
+    assert "evaluated after epoch 3 of 4" in report["rows"]["AT"]["missing"]["0"][0]
+
+
+def test_nothing_evaluated_yet_still_writes_the_json(tmp_path):
+    folder = tmp_path / "runs" / "AT-seed0"
+    runs = [{"label": "AT", "seed": 0, "folder": folder}]
+    written = benchmark_report.write_report(SPEC, tmp_path, runs)
+    report = json.loads(written[0].read_text())
+    assert report["rows"]["AT"] == {"seeds": {}, "metrics": {}, "missing": {"0": [
+        "pass 'full': no eval-last-full.json", "pass 'aa': no eval-last-aa.json"]}}  # fmt: skip
+    assert report["claims"]["C1"]["pgd40"]["verdict"] is None
+    assert [p.name for p in written] == ["mnist-benchmark.json", "mnist-benchmark-tables.md",
+                                         "claims.png"]  # fmt: skip
