@@ -299,6 +299,23 @@ def test_the_presets_follow_the_papers_settings():
     ratio = [0.5, 0.75, 11 / 12]  # GAIRAT.py piecewise, epochs >= 110: t / E < ratio
     official = [next(e for e in range(120) if (e + 1) / 120 >= r) for r in ratio]
     assert official == [59, 89, 109]
+    # MAIL: the paper's drops at 75 and 90 (counted from 1) are 0-based 74 and 89 here; its code
+    # drops first at 0-based 75. AT_AWP (ℓ2): lr_schedule(epoch + (i + 1)/n) drops once t/E ≥ 0.5,
+    # on the last batch of 0-based epoch 99; the preset drops at the start of epoch 100.
+    assert [epoch for epoch, _ in PRESETS["mail-resnet18"].lr_schedule] == [74, 89]
+    assert [epoch for epoch, _ in PRESETS["awp-preact-resnet18-l2"].lr_schedule] == [100, 150]
+    n = 391  # CIFAR-10 batches of 128
+    first = next((e, i) for e in range(200) for i in range(n) if (e + (i + 1) / n) / 200 >= 0.5)
+    assert first == (99, n - 1)
+
+
+def test_mail_protocol_cw_keeps_the_librarys_steps_and_takes_mails_as_options():
+    # MAIL's train.py evaluates CW∞ with 20 steps of 0.003; protocol="mail" keeps 30 steps of ε/4.
+    cw = ir.evaluation.settings(protocol="mail")["attacks"]["cw"]
+    assert (cw["steps"], cw["step_size"]) == (30, pytest.approx(0.031 / 4))
+    options = {"cw": {"steps": 20, "step_size": 0.003}}
+    cw = ir.evaluation.settings(protocol="mail", options=options)["attacks"]["cw"]
+    assert (cw["steps"], cw["step_size"]) == (20, 0.003)
 
 
 # --- The table of docs/official-differences.md ----------------------------------------------------------
