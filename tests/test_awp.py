@@ -313,13 +313,14 @@ def _images(n: int = 8):
     )
 
 
+@pytest.mark.parametrize("variant", ["paper", "official"])
 @pytest.mark.parametrize("name", AWP_METHODS)
-def test_every_awp_method_trains_a_step_before_and_after_its_warm_up_and_burn_in(name):
+def test_every_awp_method_trains_a_step_before_and_after_its_warm_up_and_burn_in(name, variant):
     model = _bn_model()
     x, y = _images()
     weighted = name not in ("at-awp", "trades-awp")
     overrides = {"awp_warmup": 1, **({"burn_in_epochs": 2} if weighted else {})}
-    method = ir.methods.get(name, model, steps=3, **overrides)
+    method = ir.methods.get(name, model, variant=variant, steps=3, **overrides)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for epoch in (0, 1, 2):
         method.set_epoch(epoch)

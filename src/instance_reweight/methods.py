@@ -11,23 +11,25 @@ MART's boosted CE, KL = KL(p(x_adv) ‖ p(x)), KL_cw = KL(p(x_cw) ‖ p(x))) wit
 carries — 1, the instance weight w (normalised to mean 1 over the batch unless said) or 1 − w — and
 the signal w is read from: κ of the attack or PM of the forward that gives the loss.
 
-========================  ==============  ==============  =====================================================  ======
-name                      attack          forwards f(·)   training loss, the batch mean of each term             weight
-========================  ==============  ==============  =====================================================  ======
-``at``                    uniform, CE     x_adv           CE(x_adv)                                              —
-``trades``                normal, KL      x, x_adv        CE(x) + β·KL                                           —
-``mart``                  normal, CE      x, x_adv        CE(x_adv) + (BCE − CE)(x_adv) + β·KL·(1 − p_y(x))      —
-``fat``                   uniform, CE, τ  x_adv           CE(x_adv)                                              —
-``gairat``                uniform, CE     x_adv           w·CE(x_adv)                                            κ
-``gair-fat``              uniform, CE, τ  x_adv           w·CE(x_adv)                                            κ
-``gair-trades``           normal, KL      x, x_adv        w·CE(x) + β·KL                                         κ
-``gair-mart``             normal, CE      x, x_adv        w·CE(x_adv) + (BCE − CE)(x_adv) + β·KL·(1 − p_y(x))    κ
-``mail-at``               normal, CE      x_adv           w·CE(x_adv)                                            PM
-``mail-trades``           normal, KL      x, x_adv        CE(x) + w·β·KL                                         PM
-``mail-mart``             normal, CE      x, x_adv        w·CE(x_adv) + w·(BCE − CE)(x_adv) + β·KL·(1 − p_y(x))  PM
-``gair-trades`` official  normal, KL      x, x_adv, x_cw  CE(x) + w·β·KL + (1 − w)·β·KL_cw                       κ
-``trades`` official       normal, KL      x, x_adv, x     CE(x) + β·KL                                           —
-========================  ==============  ==============  =====================================================  ======
+============================  ==============  ==============  =====================================================  ======
+name                          attack          forwards f(·)   training loss, the batch mean of each term             weight
+============================  ==============  ==============  =====================================================  ======
+``at``                        uniform, CE     x_adv           CE(x_adv)                                              —
+``trades``                    normal, KL      x, x_adv        CE(x) + β·KL                                           —
+``mart``                      normal, CE      x, x_adv        CE(x_adv) + (BCE − CE)(x_adv) + β·KL·(1 − p_y(x))      —
+``fat``                       uniform, CE, τ  x_adv           CE(x_adv)                                              —
+``gairat``                    uniform, CE     x_adv           w·CE(x_adv)                                            κ
+``gair-fat``                  uniform, CE, τ  x_adv           w·CE(x_adv)                                            κ
+``gair-trades``               normal, KL      x, x_adv        w·CE(x) + β·KL                                         κ
+``gair-mart``                 normal, CE      x, x_adv        w·CE(x_adv) + (BCE − CE)(x_adv) + β·KL·(1 − p_y(x))    κ
+``mail-at``                   normal, CE      x_adv           w·CE(x_adv)                                            PM
+``mail-trades``               normal, KL      x, x_adv        CE(x) + w·β·KL                                         PM
+``mail-mart``                 normal, CE      x, x_adv        w·CE(x_adv) + w·(BCE − CE)(x_adv) + β·KL·(1 − p_y(x))  PM
+``gair-trades`` official      normal, KL      x, x_adv, x_cw  CE(x) + w·β·KL + (1 − w)·β·KL_cw                       κ
+``trades`` official           normal, KL      x, x_adv, x     CE(x) + β·KL                                           —
+``trades-awp`` official       normal, KL      x_adv, x, x     CE(x) + β·KL                                           —
+``mail-trades-awp`` official  normal, KL      x_adv, x, x     CE(x) + w·β·KL                                         PM
+============================  ==============  ==============  =====================================================  ======
 
 τ: FAT's early stop, 0 → 3 → 6 at epochs 40 and 70 (:func:`fat_tau`); β = 6 (``trades``,
 ``gair-trades``, ``mail-mart``) or 5 (``mart``, ``gair-mart``, ``mail-trades``).
@@ -35,15 +37,19 @@ name                      attack          forwards f(·)   training loss, the ba
 The AWP methods (Wu, Xia and Wang 2020) take each optimiser step at weights perturbed, by
 :class:`~instance_reweight.AdversarialWeightPerturbation`, to increase the same objective — with the
 same instance weights — that the step then decreases: ``at-awp`` and ``trades-awp`` (γ = 5e-3,
-warm-up 0 and 10 epochs), ``gairat-awp`` and ``mail-at-awp`` (as ``gairat`` and ``mail-at``, AWP as
-``at-awp``) and ``mail-trades-awp`` (as ``mail-trades``, AWP as ``trades-awp``).
+applied from 0-based epoch 0 and 9, the official TRADES-AWP loop's 10th epoch), ``gairat-awp`` and
+``mail-at-awp`` (as ``gairat`` and ``mail-at``, AWP as ``at-awp``) and ``mail-trades-awp`` (as
+``mail-trades``, AWP as ``trades-awp``).
 
 ``variant="official"`` gives the official codes' objectives where they differ from the papers:
 ``gair-trades`` becomes the GAIR-RST code's mean CE(f(x), y) + β·mean [w·KL(x_kl) + (1 − w)·KL(x_cw)]
 with unnormalised w (GAIRAT Eq. 13; x_cw from a CW attack, run only once w applies), the MAIL methods
 use 3·ω, unnormalised, and ``trades`` runs the official TRADES code's three train-mode forwards, f(x),
 f(x_adv) and f(x) again for the KL (the same loss and gradient; BatchNorm's running statistics see
-the natural batch twice).
+the natural batch twice). The AWP methods' official variants are the official AWP scripts': ``at-awp``,
+``gairat-awp`` and ``mail-at-awp`` attack in train mode (:attr:`Definition.attack_mode`), as the
+AT_AWP scripts do; ``trades-awp`` and ``mail-trades-awp`` run trades_AWP's three train-mode forwards,
+f(x_adv), f(x) for the KL and f(x) for the CE; the MAIL ones also take MAIL's 3·ω.
 
 Adding a method is adding an entry to ``_METHODS`` (and, for a new term, one function in
 ``_TERMS``); the table above is checked against the entries by the tests.
@@ -69,7 +75,7 @@ from ._checks import (
     check_logits,
     check_number,
 )
-from .attack import GeometryAwareAttack
+from .attack import AttackOutput, GeometryAwareAttack
 from .awp import AdversarialWeightPerturbation
 from .losses import boosted_ce, misclassification_aware_kl, trades_kl
 from .margin import margin_dif_of, margin_of
@@ -166,6 +172,7 @@ _TERMS: Mapping[Term, TermFunction] = {
 _FORWARDS = ("nat", "adv", "nat_kl", "cw")
 """f(x), f(x_adv), f(x) again for TRADES' KL (the official TRADES code), f(x_cw) (GAIR-RST)."""
 _SIGNALS = (None, "kappa", "margin")
+_ATTACK_MODES = ("eval", "train")
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,10 @@ class Definition:
         terms: each loss term, in the order they are summed, and its :class:`Factor`.
         signal: what w is computed from: ``"kappa"`` (GAIRAT), ``"margin"`` (MAIL) or ``None``.
         defaults: the other hyper-parameters (β, τ, the weighting's, AWP's).
+        attack_mode: ``"eval"`` (the attack sees the model in eval mode: BatchNorm's running
+            statistics, untouched) or ``"train"`` (the official AT_AWP scripts: BatchNorm's batch
+            statistics, and its running statistics updated by each of the attack's forwards and by
+            one more at x_adv, the forward with which their ``attack_pgd`` picks the restart).
     """
 
     attack: Mapping[str, Any]
@@ -188,13 +199,15 @@ class Definition:
     terms: Mapping[Term, Factor]
     signal: Optional[str] = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    attack_mode: str = "eval"
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.forwards if f not in _FORWARDS]
-        if unknown or self.signal not in _SIGNALS:
+        if unknown or self.signal not in _SIGNALS or self.attack_mode not in _ATTACK_MODES:
             raise ValueError(
-                f"Expected forwards among {_FORWARDS} and a signal among {_SIGNALS}, got "
-                f"{self.forwards} and {self.signal!r}."
+                f"Expected forwards among {_FORWARDS}, a signal among {_SIGNALS} and an attack mode "
+                f"among {_ATTACK_MODES}, got {self.forwards}, {self.signal!r} and "
+                f"{self.attack_mode!r}."
             )
         if (self.signal is None) != (set(self.terms.values()) == {Factor.ONE}):
             raise ValueError(
@@ -272,9 +285,11 @@ _METHODS: Dict[str, Definition] = {
 }  # fmt: skip
 
 # AWP composes with a method: its definition, with AWP's γ (relative size of the weight perturbation)
-# and warm-up epochs of AT-AWP or TRADES-AWP.
+# and the 0-based epoch from which AT-AWP or TRADES-AWP applies it. trades_AWP/train_trades_cifar.py
+# counts epochs from 1 (--start_epoch 1) and perturbs `if epoch >= args.awp_warmup` (10): from its
+# 10th epoch, 0-based 9.
 _AT_AWP = {"awp_gamma": 5e-3, "awp_warmup": 0}
-_TRADES_AWP = {"awp_gamma": 5e-3, "awp_warmup": 10}
+_TRADES_AWP = {"awp_gamma": 5e-3, "awp_warmup": 9}
 _METHODS.update(
     {
         "at-awp": _METHODS["at"].with_defaults(**_AT_AWP),
@@ -286,7 +301,7 @@ _METHODS.update(
 )
 
 # The official codes' objectives, where they differ from the papers' equations.
-_OFFICIAL: Mapping[str, Definition] = {
+_OFFICIAL: Dict[str, Definition] = {
     "gair-trades": replace(
         _METHODS["gair-trades"].with_defaults(normalize="none"),
         forwards=("nat", "adv", "cw"),
@@ -298,6 +313,21 @@ _OFFICIAL: Mapping[str, Definition] = {
     },
     "trades": replace(_METHODS["trades"], forwards=("nat", "adv", "nat_kl")),
 }
+# The official AWP scripts: AT_AWP attacks in train mode; trades_AWP runs f(x_adv), then f(x) for the
+# KL's target and f(x) for the CE (train_trades_cifar.py, train()). The weighted compositions take
+# the weighted method's official variant with them.
+_TRADES_AWP_FORWARDS = ("adv", "nat_kl", "nat")
+_OFFICIAL.update(
+    {
+        "at-awp": replace(_METHODS["at-awp"], attack_mode="train"),
+        "gairat-awp": replace(_METHODS["gairat-awp"], attack_mode="train"),
+        "mail-at-awp": replace(_OFFICIAL["mail-at"].with_defaults(**_AT_AWP), attack_mode="train"),
+        "trades-awp": replace(_METHODS["trades-awp"], forwards=_TRADES_AWP_FORWARDS),
+        "mail-trades-awp": replace(
+            _OFFICIAL["mail-trades"].with_defaults(**_TRADES_AWP), forwards=_TRADES_AWP_FORWARDS
+        ),
+    }
+)
 
 _VARIANTS = ("paper", "official")
 # The PM the MAIL methods read (``margin=``): the function and the forwards it reads.
@@ -325,7 +355,8 @@ def get(name: str, model: nn.Module, *, variant: str = "paper", **overrides: Any
         name: one of :func:`names`.
         model: the classifier being trained, returning logits ``(N, C)``.
         variant: ``"paper"`` (the papers' equations) or ``"official"`` (the official code's objective,
-            for ``gair-trades`` and the MAIL methods; see the module docstring).
+            forwards or attack mode, for ``gair-trades``, ``trades``, the MAIL and the AWP methods;
+            see the module docstring).
         **overrides: any hyper-parameter of the method (see :class:`Method`).
 
     Returns:
@@ -357,7 +388,8 @@ class Method:
     r"""One adversarial-training method bound to a model: the interpreter of its :class:`Definition`.
 
     Build it with :func:`get`. For every batch, :meth:`loss` runs the attack (model in eval mode,
-    see :class:`~instance_reweight.GeometryAwareAttack`), then the definition's forwards as separate
+    see :class:`~instance_reweight.GeometryAwareAttack`; in train mode for a definition whose
+    ``attack_mode`` is ``"train"``), then the definition's forwards as separate
     calls in the model's own mode (call ``model.train()`` as usual: BatchNorm then sees each batch
     separately, as in the official codes), and returns the scalar to backpropagate: the mean of the
     terms that carry 1 plus the mean of w times those that carry w (a term carrying 1 − w counts in
@@ -732,7 +764,7 @@ def _attacks(
     """The method's attack, and the CW attack of x_cw where the definition has that forward."""
     tau = params.get("tau")
     threat = {k: params[k] for k in ("eps", "step_size", "steps", "random_start", "clip", "norm")}
-    attack = GeometryAwareAttack(
+    attack = (_TrainModeAttack if definition.attack_mode == "train" else GeometryAwareAttack)(
         model,
         loss=params["attack_loss"],
         tau=None if tau is None or callable(tau) else tau,
@@ -740,6 +772,21 @@ def _attacks(
     )
     cw = GeometryAwareAttack(model, loss="cw", **threat) if "cw" in definition.forwards else None
     return attack, cw
+
+
+class _TrainModeAttack(GeometryAwareAttack):
+    """The attack with the model in train mode, as the official AT_AWP scripts attack
+    (AT_AWP/train_cifar10.py: ``model.train()`` after each batch's attack, so the next batch's
+    ``attack_pgd`` runs in train mode): every forward normalises with the batch's statistics and
+    updates BatchNorm's running statistics, and a last forward at x_adv does too (``attack_pgd``'s
+    forward that picks the restart with the largest loss). Parameters stay frozen."""
+
+    def _run(self, x: Tensor, y: Tensor, checks: DeferredChecks) -> AttackOutput:
+        self.model.train()  # inside frozen_for_attack, which restores every module's mode
+        output = super()._run(x, y, checks)
+        with torch.no_grad():
+            self.model(output.adv)
+        return output
 
 
 def _weighting(
