@@ -395,9 +395,9 @@ class Reproduction:
                     code = "" if process.returncode == 0 else f", exit code {process.returncode}"
                     print(f"{unit.where}: {state}{code} (log: {self._log(unit)})", flush=True)
             left = self._minutes_left()
-            startable = [u for u in pending if u.needs is None or self.trained(u.needs)]
             if left is not None and left <= 0:
-                pending = []  # start nothing new; let the running units stop at their budget
+                pending = []  # start nothing new; the running units stop at their own budget
+            startable = [u for u in pending if u.needs is None or self.trained(u.needs)]
             for unit in startable[: max(0, jobs - len(running))]:
                 pending.remove(unit)
                 argv = [*unit_argv, "--unit", unit.name, "--stage", stage, "--threads", "1"]
@@ -493,7 +493,7 @@ class Reproduction:
         parts, seconds = [], 0.0
         if epochs:
             if epoch_seconds is None:
-                parts.append(f"{epochs} epochs left (not timed yet)")
+                parts.append(f"{epochs} epochs")
             else:
                 seconds += epochs * epoch_seconds
                 parts.append(f"{epochs} epochs × {epoch_seconds:.0f} s")
@@ -503,7 +503,9 @@ class Reproduction:
             seconds += count * mean
             parts.append(f"{count} '{name}' evaluations × {mean:.0f} s")
         if untimed:
-            parts.append(f"{len(untimed)} evaluations not timed yet")
+            parts.append(f"{len(untimed)} evaluations")
+        if not seconds:
+            return f"compute left: not timed yet ({'; '.join(parts)})"
         return (
             f"compute left: about {seconds / 3600:.1f} h ({'; '.join(parts)}), about "
             f"{seconds / 3600 / jobs:.1f} h with --jobs {jobs}"
