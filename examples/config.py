@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from data import dataset_info
@@ -14,6 +14,10 @@ from torch import nn
 import instance_reweight as ir
 
 PRECISIONS = ("bf16", "fp32")
+OPTIMIZERS = ("sgd", "adam")
+# Method hyper-parameters that may be a schedule over epochs (a callable in ir.methods), written as
+# data here since config.json is JSON: [[epoch, value], ...] or "EPOCH:VALUE,...".
+SCHEDULED = ("tau",)
 
 
 @dataclass
@@ -33,6 +37,7 @@ class TrainConfig:
     lr_schedule: List[List[float]] = field(default_factory=list)
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # absent from configs written before Adam: those are SGD runs
     variant: str = "paper"
     overrides: Dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -52,11 +57,24 @@ class TrainConfig:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"Expected precision in {PRECISIONS}, got {self.precision!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Expected --optimizer in {OPTIMIZERS}, got {self.optimizer!r}.")
+        if self.optimizer == "adam" and self.momentum != 0:
+            raise ValueError(
+                f"Expected no momentum with Adam (its betas, the defaults (0.9, 0.999), play that "
+                f"part), got momentum={self.momentum}. Leave --momentum out with --optimizer adam."
+            )
         self._check_sizes()
         # Plain lists and JSON values only: comparable after a save/load, weights_only safe.
         self.lr_schedule = [[int(e), float(lr)] for e, lr in self.lr_schedule]
         if self.best_window is not None:
             self.best_window = [int(e) for e in self.best_window]
+        self.overrides = {
+            key: epoch_schedule(value, key)
+            if key in SCHEDULED and isinstance(value, (str, list, tuple))
+            else value
+            for key, value in self.overrides.items()
+        }
         try:
             self.overrides = json.loads(json.dumps(self.overrides))
         except TypeError as err:
@@ -105,8 +123,94 @@ class TrainConfig:
 
 
 def make_method(config: TrainConfig, model: nn.Module) -> ir.methods.Method:
-    """``ir.methods.get`` with the run's method, variant and hyper-parameters."""
-    return ir.methods.get(config.method, model, variant=config.variant, **config.overrides)
+    """``ir.methods.get`` with the run's method, variant and hyper-parameters (a schedule of
+    ``SCHEDULED`` as the callable ``epoch -> value`` the method takes)."""
+    overrides = {
+        key: StepSchedule(value) if key in SCHEDULED and isinstance(value, list) else value
+        for key, value in config.overrides.items()
+    }
+    return ir.methods.get(config.method, model, variant=config.variant, **overrides)
+
+
+def make_optimizer(
+    config: TrainConfig, parameters: Iterable[nn.Parameter]
+) -> torch.optim.Optimizer:
+    """The run's optimiser: SGD (lr, momentum, weight decay) or Adam (lr, weight decay, default betas)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def parse_schedule(
+    text: str, option: str, value: Callable[[str], Any], example: str, what: str = "VALUE"
+) -> List[List[Any]]:
+    """``"60:0.01,90:0.001"`` -> ``[[60, 0.01], [90, 0.001]]``: 0-based epoch, then the value from it
+    on, read with ``value`` (``float``, ``int``); ``option``, ``what`` and ``example`` word the error."""
+    if not text.strip():
+        return []
+    schedule = []
+    for part in text.split(","):
+        epoch, sep, item = part.partition(":")
+        try:
+            schedule.append([int(epoch), value(item)])
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(
+                f"Expected {option} as EPOCH:{what} pairs separated by commas (e.g. {example}), "
+                f"got {text!r}."
+            )
+    return schedule
+
+
+def epoch_schedule(value: Any, key: str) -> List[List[int]]:
+    """A schedule of the integer hyper-parameter ``key`` (FAT's τ) as ``[[epoch, value], ...]`` from
+    that list or from ``"EPOCH:VALUE,..."``; the first entry at epoch 0, epochs increasing, values
+    non-negative integers.
+
+    Example:
+        >>> epoch_schedule("0:0,7:3,12:6", "tau")
+        [[0, 0], [7, 3], [12, 6]]
+    """
+    pairs = (
+        parse_schedule(value, f"--set {key}=...", int, "0:0,7:3,12:6")
+        if isinstance(value, str)
+        else value
+    )
+    ok = all(
+        isinstance(p, (list, tuple))
+        and len(p) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p)
+        for p in pairs
+    )
+    epochs = [p[0] for p in pairs] if ok else []
+    if not ok or not epochs or epochs[0] != 0 or epochs != sorted(set(epochs)):
+        raise ValueError(
+            f"Expected {key} as a schedule [[0, value], [epoch, value], ...] (or '0:0,7:3,12:6'): "
+            f"non-negative integers, the first at epoch 0, epochs increasing; got {value!r}."
+        )
+    return [[int(e), int(v)] for e, v in pairs]
+
+
+class StepSchedule:
+    """``epoch -> value`` of a ``[[epoch, value], ...]`` schedule: the last entry at or before
+    ``epoch``.
+
+    Example:
+        >>> [StepSchedule([[0, 0], [7, 3], [12, 6]])(e) for e in (0, 6, 7, 11, 12, 19)]
+        [0, 0, 3, 3, 6, 6]
+    """
+
+    def __init__(self, pairs: List[List[Any]]) -> None:
+        self.pairs = pairs
+
+    def __call__(self, epoch: int) -> Any:
+        return [v for e, v in self.pairs if e <= epoch][-1]
+
+    def __repr__(self) -> str:
+        return f"StepSchedule({self.pairs})"
 
 
 def accepted_overrides(method: str, variant: str = "paper") -> Tuple[str, ...]:

@@ -144,12 +144,16 @@ def monitor_subsets(
 
 
 def progress(items: Iterable[T], total: int, desc: str, enabled: bool) -> Iterator[T]:
-    """A tqdm bar if tqdm is installed, else a line on stderr about every 10 % of the way."""
+    """A tqdm bar if tqdm is installed and stderr is a terminal, else a line on stderr about every
+    10 % of the way (a log file gets lines, not carriage returns)."""
     if not enabled:
         yield from items
         return
     try:
         from tqdm.auto import tqdm
+
+        if not sys.stderr.isatty():
+            raise ImportError("a bar needs a terminal")
     except ImportError:
         every = max(1, total // 10)
         start = time.perf_counter()

@@ -8,6 +8,9 @@ Examples::
     python examples/reproduce.py mail-table2 --data-root data --out runs/mail-table2 --max-minutes 9
     # only some rows, or only one stage
     python examples/reproduce.py mail-table2 --rows AT,GAIRAT --stage train
+    # the MNIST benchmark: rows × seeds, two single-threaded units at a time; what is left
+    python examples/reproduce.py mnist-benchmark --data-root ../shared/data/mnist --jobs 2
+    python examples/reproduce.py mnist-benchmark --data-root ../shared/data/mnist --status
 
 A table spec (built in, see ``tables.py``, or a JSON file of the same shape) names the preset, the
 rows (label and method of ``ir.methods``), the evaluation protocol and the checkpoints to evaluate
@@ -15,10 +18,19 @@ rows (label and method of ``ir.methods``), the evaluation protocol and the check
 burn-in prefix run (``prefixes``; e.g. AT, GAIRAT and MAIL-AT off AT's 74 epochs) and branch from it
 with ``train.py --init-from``; each row's lineage is printed with the table.
 
+A row with ``"seeds": [0, 1, 2]`` is one *unit* per seed (``runs/<label>-seed<k>``), branching from the
+prefix of its own seed (``prefixes/<prefix>-seed<k>``); a spec with ``"evaluations"`` (named passes
+of evaluate.py arguments) writes ``eval-last-<pass>.json`` per pass, and one with ``"claims"`` is
+reported by ``benchmark_report.write_report``. ``--jobs N`` runs N units at a time, each a
+single-threaded subprocess that trains its unit, then evaluates it (its output in
+``logs/<unit>.log``); a unit waits for its prefix.
+
 Everything lives under ``--out``::
 
     prefixes/<name>/        shared burn-in runs (train.py folders)
     runs/<label>/           one train.py folder per row, with eval-last.json / eval-best.json
+                            (runs/<label>-seed<k>/ with eval-last-<pass>.json for seeded rows)
+    logs/<unit>.log         the output of a unit run by --jobs
     <table>.md              the table: paper numbers beside ours, protocol, ε, seed, device,
                             seconds per epoch, the exact commands
     <table>.json            our numbers, percent, and the setting:
@@ -34,16 +46,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import evaluate
 import plots
 import run_files
+import torch
 import train
 import training
 from tables import SPECS, markdown, our_numbers
@@ -69,6 +85,13 @@ def load_spec(name: str) -> Dict[str, Any]:
             _slug(row["label"])
         for prefix in spec.get("prefixes", {}):
             _slug(prefix)
+        for evaluation in spec.get("evaluations", []):
+            plain_name(evaluation["name"], "an evaluation pass's name")
+        if any("seeds" in row for row in spec["rows"]) and "claims" not in spec:
+            raise ValueError(
+                f'Expected "claims" in \'{path}\' with per-row "seeds" (a seeded table is reported '
+                "by benchmark_report), got none. Add the claims, or drop the seeds."
+            )
         kinds = spec.get("checkpoints", ["last"])
         unprefixed = [
             c for c in spec["columns"] if len(kinds) > 1 and not c.startswith(("best_", "last_"))
@@ -107,6 +130,27 @@ def _slug(label: str) -> str:
     return plain_name(slug, f"a row label or prefix name ({label!r})")
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: a shared prefix of one seed (trained only) or a row of one seed (trained,
+    then evaluated). ``seed`` is None for the rows and prefixes of a spec without seeds."""
+
+    kind: str  # "prefix" or "row"
+    label: str  # the row's label or the prefix's name
+    seed: Optional[int]
+    folder: Path
+    needs: Optional[Unit] = None  # the prefix a row branches from
+
+    @property
+    def name(self) -> str:
+        """The unit's name (its folder's): ``AT-seed0``, or the plain label without seeds."""
+        return self.folder.name
+
+    @property
+    def where(self) -> str:
+        return f"{self.folder.parent.name}/{self.folder.name}"
+
+
 class Reproduction:
     """One table under one output folder; each method does its stage for the selected rows."""
 
@@ -117,6 +161,7 @@ class Reproduction:
         *,
         data_root: str,
         rows: Optional[Sequence[str]] = None,
+        seeds: Optional[Sequence[int]] = None,
         train_args: Sequence[str] = (),
         eval_args: Sequence[str] = (),
         max_minutes: Optional[float] = None,
@@ -132,58 +177,89 @@ class Reproduction:
                 f"Expected --rows among {', '.join(labels)}, got {', '.join(unknown)}."
             )
         self.rows = [r for r in spec["rows"] if r["method"] and (not rows or r["label"] in rows)]
+        self.seeds = None if seeds is None else list(seeds)
         self.train_args = list(train_args)
         self.eval_args = list(eval_args)
         self.deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
         self.progress = progress
 
-    # --- paths and commands -------------------------------------------------------------------
+    # --- units, paths and commands ------------------------------------------------------------
 
-    def run_dir(self, row: Dict[str, Any]) -> Path:
-        return self.out / "runs" / _slug(row["label"])
+    def row_seeds(self, row: Dict[str, Any]) -> List[Optional[int]]:
+        """The seeds of a row that ``--seeds`` selects; ``[None]`` for a row without seeds."""
+        if "seeds" not in row:
+            return [None]
+        return [k for k in row["seeds"] if self.seeds is None or k in self.seeds]
 
-    def prefix_dir(self, name: str) -> Path:
-        return self.out / "prefixes" / _slug(name)
+    def units(self) -> List[Unit]:
+        """The selected rows' units, each prefix before the rows that branch from it."""
+        prefixes: Dict[Any, Unit] = {}
+        rows = []
+        for row in self.rows:
+            for seed in self.row_seeds(row):
+                needs = None
+                if row.get("prefix"):
+                    key = (row["prefix"], seed)
+                    needs = prefixes.setdefault(
+                        key, Unit("prefix", row["prefix"], seed, self.prefix_dir(*key))
+                    )
+                rows.append(Unit("row", row["label"], seed, self.run_dir(row, seed), needs))
+        return [*prefixes.values(), *rows]
+
+    def _row(self, unit: Unit) -> Dict[str, Any]:
+        return next(r for r in self.spec["rows"] if r["label"] == unit.label)
+
+    def run_dir(self, row: Dict[str, Any], seed: Optional[int] = None) -> Path:
+        return self.out / "runs" / _seeded(_slug(row["label"]), seed)
+
+    def prefix_dir(self, name: str, seed: Optional[int] = None) -> Path:
+        return self.out / "prefixes" / _seeded(_slug(name), seed)
 
     def _minutes_left(self) -> Optional[float]:
         return None if self.deadline is None else (self.deadline - time.perf_counter()) / 60
 
-    def _common_train_args(self) -> List[str]:
+    def _common_train_args(self, seed: Optional[int] = None) -> List[str]:
         preset = ["--preset", self.spec["preset"]] if self.spec.get("preset") else []
         return [
             *preset,
             *self.spec.get("train_args", []),
             *self.train_args,
+            *([] if seed is None else ["--seed", str(seed)]),
             "--data-root",
             self.data_root,
         ]
 
-    def prefix_command(self, name: str) -> List[str]:
+    def prefix_command(self, name: str, seed: Optional[int] = None) -> List[str]:
         prefix = self.spec["prefixes"][name]
         return [
-            *self._common_train_args(),
+            *self._common_train_args(seed),
             "--method",
             prefix["method"],
             *prefix.get("args", []),
             "--stop-after",
             str(prefix["epochs"]),
             "--out",
-            str(self.prefix_dir(name)),
+            str(self.prefix_dir(name, seed)),
         ]
 
-    def row_command(self, row: Dict[str, Any]) -> List[str]:
+    def row_command(self, row: Dict[str, Any], seed: Optional[int] = None) -> List[str]:
         branch = []
         if row.get("prefix"):
-            branch = ["--init-from", str(self.prefix_dir(row["prefix"]) / "checkpoint.pt")]
+            branch = ["--init-from", str(self.prefix_dir(row["prefix"], seed) / "checkpoint.pt")]
         return [
-            *self._common_train_args(),
+            *self._common_train_args(seed),
             "--method",
             row["method"],
             *row.get("args", []),
             "--out",
-            str(self.run_dir(row)),
+            str(self.run_dir(row, seed)),
             *branch,
         ]
+
+    def train_command(self, unit: Unit) -> List[str]:
+        if unit.kind == "prefix":
+            return self.prefix_command(unit.label, unit.seed)
+        return self.row_command(self._row(unit), unit.seed)
 
     def eval_command(self, row: Dict[str, Any], kind: str) -> List[str]:
         checkpoint = "best.pt" if kind == "best" else "checkpoint.pt"
@@ -204,6 +280,55 @@ class Reproduction:
             str(self.run_dir(row) / f"eval-{kind}.json"),
         ]
 
+    def evaluations(self, unit: Unit) -> Dict[str, List[str]]:
+        """A row unit's evaluation commands by the name of what they write: the spec's passes
+        (``eval-last-<pass>.json`` of the last checkpoint) or its checkpoint kinds (``eval-<kind>.json``)."""
+        if unit.kind != "row":
+            return {}
+        if "evaluations" not in self.spec:
+            row = self._row(unit)
+            return {k: self.eval_command(row, k) for k in self.spec.get("checkpoints", ["last"])}
+        return {
+            p["name"]: [
+                str(unit.folder / "checkpoint.pt"),
+                *p["args"],
+                *self.eval_args,
+                "--data-root",
+                self.data_root,
+                "--out",
+                str(self.eval_file(unit, p["name"])),
+            ]
+            for p in self.spec["evaluations"]
+        }
+
+    def eval_file(self, unit: Unit, name: str) -> Path:
+        kind = f"last-{name}" if "evaluations" in self.spec else name
+        return unit.folder / f"eval-{kind}.json"
+
+    # --- where a unit stands ------------------------------------------------------------------
+
+    def epochs_done(self, unit: Unit) -> int:
+        return int(run_files.read_status(unit.folder).get("epochs_done", 0))
+
+    def trained(self, unit: Unit) -> bool:
+        if unit.kind == "prefix":
+            return self.epochs_done(unit) >= self.spec["prefixes"][unit.label]["epochs"]
+        return bool(run_files.read_status(unit.folder).get("complete"))
+
+    def passes_done(self, unit: Unit) -> List[str]:
+        return [
+            name
+            for name in self.evaluations(unit)
+            if run_files.read_json(self.eval_file(unit, name)).get("complete")
+        ]
+
+    def finished(self, unit: Unit, stage: str = "all") -> bool:
+        """Whether ``stage`` has nothing left to do for the unit."""
+        trained = self.trained(unit)
+        if stage == "train" or unit.kind == "prefix":
+            return trained
+        return trained and len(self.passes_done(unit)) == len(self.evaluations(unit))
+
     # --- stages -------------------------------------------------------------------------------
 
     def _train(self, argv: List[str], folder: Path) -> Optional[training.RunResult]:
@@ -222,41 +347,205 @@ class Reproduction:
         print("$ python examples/train.py " + shlex.join(argv), flush=True)
         return train.main([*argv, *budget, *progress])
 
+    def train_unit(self, unit: Unit) -> bool:
+        """Trains (or continues) one unit; True when it is trained."""
+        if not self.trained(unit):
+            self._train(self.train_command(unit), unit.folder)
+        return self.trained(unit)
+
     def train(self) -> bool:
         """Trains the prefixes, then the rows; True when every selected row is trained."""
-        for name in dict.fromkeys(r["prefix"] for r in self.rows if r.get("prefix")):
-            epochs = self.spec["prefixes"][name]["epochs"]
-            if run_files.read_status(self.prefix_dir(name)).get("epochs_done", 0) < epochs:
-                result = self._train(self.prefix_command(name), self.prefix_dir(name))
-                if result is None or result.epochs_done < epochs:
-                    return False
-        for row in self.rows:
-            if not run_files.read_status(self.run_dir(row)).get("complete"):
-                result = self._train(self.row_command(row), self.run_dir(row))
-                if result is None or not result.complete:
-                    return False
-        return True
+        return all(self.train_unit(u) for u in self.units())
+
+    def evaluate_unit(self, unit: Unit) -> bool:
+        """Runs the trained unit's missing evaluations; True when every one is complete."""
+        if not self.trained(unit):
+            return False
+        for name, argv in self.evaluations(unit).items():
+            if run_files.read_json(self.eval_file(unit, name)).get("complete"):
+                continue
+            left = self._minutes_left()
+            if left is not None and left <= 0:
+                return False
+            budget = [] if left is None else ["--max-minutes", f"{left:.3f}"]
+            progress = [] if self.progress else ["--no-progress"]
+            print("$ python examples/evaluate.py " + shlex.join(argv), flush=True)
+            evaluate.main([*argv, *budget, *progress])
+        return self.finished(unit)
 
     def evaluate(self) -> bool:
         """Evaluates every trained row; True when every selected row is evaluated."""
-        complete = True
-        for row in self.rows:
-            if not run_files.read_status(self.run_dir(row)).get("complete"):
-                complete = False
+        results = [self.evaluate_unit(u) for u in self.units() if u.kind == "row"]
+        return all(results)
+
+    def run_jobs(self, jobs: int, stage: str, unit_argv: List[str]) -> bool:
+        """Runs the unfinished units ``jobs`` at a time, each as ``reproduce.py ... --unit NAME`` in
+        a single-threaded subprocess (output in ``logs/<unit>.log``); a unit starts once its prefix
+        is trained, and none starts after the deadline. True when every unit is finished."""
+        units = [u for u in self.units() if stage == "train" or u.kind == "row" or stage == "all"]
+        pending = [u for u in units if not self.finished(u, stage)]
+        running: Dict[Unit, subprocess.Popen[bytes]] = {}
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        while pending or running:
+            for unit, process in list(running.items()):
+                if process.poll() is not None:
+                    del running[unit]
+                    state = "finished" if self.finished(unit, stage) else "stopped"
+                    code = "" if process.returncode == 0 else f", exit code {process.returncode}"
+                    print(f"{unit.where}: {state}{code} (log: {self._log(unit)})", flush=True)
+            left = self._minutes_left()
+            if left is not None and left <= 0:
+                pending = []  # start nothing new; the running units stop at their own budget
+            startable = [u for u in pending if u.needs is None or self.trained(u.needs)]
+            for unit in startable[: max(0, jobs - len(running))]:
+                pending.remove(unit)
+                argv = [*unit_argv, "--unit", unit.name, "--stage", stage, "--threads", "1"]
+                if left is not None:
+                    argv += ["--max-minutes", f"{left:.3f}"]
+                print(f"{unit.where}: started", flush=True)
+                with open(self._log(unit), "ab") as log:
+                    running[unit] = subprocess.Popen(
+                        [sys.executable, str(Path(__file__).resolve()), *argv],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+            waiting_on = {u.needs for u in pending if u.needs is not None}
+            if not running and pending and not startable:
+                missing = ", ".join(sorted(u.where for u in waiting_on if u is not None))
+                print(f"not started (their prefix did not finish: {missing})", flush=True)
+                break
+            time.sleep(0.2)
+        return all(self.finished(u, stage) for u in units)
+
+    def _log(self, unit: Unit) -> Path:
+        return self.out / "logs" / f"{unit.folder.parent.name}-{unit.name}.log"
+
+    def run_unit(self, name: str, stage: str) -> bool:
+        """Trains, then evaluates, the unit called ``name`` in this process (``--unit``)."""
+        unit = next((u for u in self.units() if u.name == name), None)
+        if unit is None:
+            raise ValueError(
+                f"Expected --unit among {', '.join(u.name for u in self.units())}, got {name!r}."
+            )
+        if stage in ("train", "all"):
+            self.train_unit(unit)
+        if stage in ("evaluate", "all"):
+            self.evaluate_unit(unit)
+        return self.finished(unit, stage)
+
+    # --- status and publishing ----------------------------------------------------------------
+
+    def status(self, jobs: int = 1) -> str:
+        """Every unit's state (done, partial, waiting, not started) and the compute left, estimated
+        from the seconds per epoch and per evaluation pass measured so far under ``--out``."""
+        units = self.units()
+        epoch_seconds = _measured_epoch_seconds(self.out)
+        pass_seconds: Dict[str, List[float]] = {}
+        lines = [f"{'unit':<28} {'state':<12} {'training':<16} evaluation"]
+        left_epochs, left_passes = 0, []
+        for unit in units:
+            total = self._epochs_total(unit)
+            done = self.epochs_done(unit)
+            passes = self.evaluations(unit)
+            passed = self.passes_done(unit)
+            for name in passed:
+                seconds = run_files.read_json(self.eval_file(unit, name)).get("seconds", {})
+                pass_seconds.setdefault(name, []).append(sum(seconds.values()))
+            first = unit.needs and self.spec["prefixes"][unit.needs.label]["epochs"]
+            left_epochs += total - max(done, first or 0)
+            left_passes += [n for n in passes if n not in passed]
+            if self.finished(unit):
+                state = "done"
+            elif unit.needs is not None and not self.trained(unit.needs):
+                state = "waiting"
+            elif done or passed:
+                state = "partial"
+            else:
+                state = "not started"
+            evaluation = f"{len(passed)}/{len(passes)} passes" if passes else ""
+            lines.append(
+                f"{unit.where:<28} {state:<12} {f'{done}/{total} epochs':<16} {evaluation}"
+            )
+        lines.append(self._estimate(left_epochs, left_passes, epoch_seconds, pass_seconds, jobs))
+        return "\n".join(lines)
+
+    def _epochs_total(self, unit: Unit) -> int:
+        if unit.kind == "prefix":
+            return int(self.spec["prefixes"][unit.label]["epochs"])
+        status = run_files.read_status(unit.folder)
+        if status:
+            return int(status["epochs"])
+        args = train.build_parser().parse_args(self.train_command(unit))
+        return train.resolve(args, None).epochs
+
+    @staticmethod
+    def _estimate(
+        epochs: int,
+        passes: List[str],
+        epoch_seconds: Optional[float],
+        pass_seconds: Dict[str, List[float]],
+        jobs: int,
+    ) -> str:
+        if not epochs and not passes:
+            return "nothing left to compute"
+        parts, seconds = [], 0.0
+        if epochs:
+            if epoch_seconds is None:
+                parts.append(f"{epochs} epochs")
+            else:
+                seconds += epochs * epoch_seconds
+                parts.append(f"{epochs} epochs × {epoch_seconds:.0f} s")
+        untimed = [p for p in passes if p not in pass_seconds]
+        for name in sorted(set(passes) - set(untimed)):
+            count, mean = passes.count(name), sum(pass_seconds[name]) / len(pass_seconds[name])
+            seconds += count * mean
+            parts.append(f"{count} '{name}' evaluations × {mean:.0f} s")
+        if untimed:
+            parts.append(f"{len(untimed)} evaluations")
+        if not seconds:
+            return f"compute left: not timed yet ({'; '.join(parts)})"
+        return (
+            f"compute left: about {seconds / 3600:.1f} h ({'; '.join(parts)}), about "
+            f"{seconds / 3600 / jobs:.1f} h with --jobs {jobs}"
+        )
+
+    def publish(self, folder: Path) -> List[Path]:
+        """Copies every trained row's final weights to ``folder/checkpoints/<unit>.pt`` (the model
+        and its settings, loadable by ``run_files.load_checkpoint``; no optimiser state) and its
+        evaluation files to ``folder/records/<unit>-<pass>.json``; returns the paths written."""
+        written = []
+        for unit in self.units():
+            if unit.kind != "row" or not self.trained(unit):
                 continue
-            for kind in self.spec.get("checkpoints", ["last"]):
-                path = self.run_dir(row) / f"eval-{kind}.json"
-                if run_files.read_json(path).get("complete"):
-                    continue
-                left = self._minutes_left()
-                if left is not None and left <= 0:
-                    return False
-                budget = [] if left is None else ["--max-minutes", f"{left:.3f}"]
-                progress = [] if self.progress else ["--no-progress"]
-                argv = self.eval_command(row, kind)
-                print("$ python examples/evaluate.py " + shlex.join(argv), flush=True)
-                complete &= bool(evaluate.main([*argv, *budget, *progress])["complete"])
-        return complete
+            state = run_files.load_checkpoint(unit.folder / "checkpoint.pt")
+            keep = ("format", "config", "epoch", "model", "lineage")
+            target = folder / "checkpoints" / f"{unit.name}.pt"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            run_files.save_atomic({k: state[k] for k in keep}, target)
+            written.append(target)
+            for name in self.passes_done(unit):
+                record = folder / "records" / f"{unit.name}-{name}.json"
+                record.parent.mkdir(parents=True, exist_ok=True)
+                record.write_bytes(self.eval_file(unit, name).read_bytes())
+                written.append(record)
+        return written
+
+    # --- report -------------------------------------------------------------------------------
+
+    def benchmark_report(self) -> List[Path]:
+        """The report of a spec with claims: ``benchmark_report.write_report`` over every row and
+        seed of the spec."""
+        import benchmark_report  # only seeded benchmarks need it (and its plotting)
+
+        everything = Reproduction(self.spec, self.out, data_root=self.data_root)
+        runs = [
+            {"label": u.label, "seed": u.seed, "folder": u.folder}
+            for u in everything.units()
+            if u.kind == "row"
+        ]
+        return list(benchmark_report.write_report(self.spec, self.out, runs))
 
     def report(self, command: str) -> Path:
         """Writes the markdown table and the JSON files from what exists; returns the markdown."""
@@ -338,6 +627,21 @@ class Reproduction:
         return commands
 
 
+def _seeded(name: str, seed: Optional[int]) -> str:
+    return name if seed is None else f"{name}-seed{seed}"
+
+
+def _measured_epoch_seconds(out: Path) -> Optional[float]:
+    """Mean seconds of one epoch (training and monitor) over every run logged under ``out``."""
+    seconds = [
+        r["seconds"] + r.get("seconds_monitor", 0.0)
+        for log in sorted(out.glob("*/*/log.jsonl"))
+        for r in run_files.read_log(log)
+        if "seconds" in r
+    ]
+    return sum(seconds) / len(seconds) if seconds else None
+
+
 def _describe_status(folder: Path, evals: Dict[str, Dict[str, Any]]) -> str:
     status = run_files.read_status(folder)
     if not status:
@@ -372,6 +676,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra evaluate.py argument (repeatable), e.g. --eval-arg=--num-examples=1000",
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--seeds", help="comma-separated seeds of seeded rows (default: each row's own)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="units (row × seed) at a time, each a single-threaded subprocess (default 1: in this "
+        "process)",
+    )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="print every unit's state and the compute left, and exit",
+    )
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        metavar="DIR",
+        help="copy the final weights to DIR/checkpoints/ and the evaluations to DIR/records/",
+    )
+    parser.add_argument("--unit", help=argparse.SUPPRESS)  # one unit, in this process (--jobs)
+    parser.add_argument(
+        "--threads", type=int, help="torch threads of this process (default: torch's own)"
+    )
     return parser
 
 
@@ -387,28 +716,76 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return {}
     if args.table is None:
         raise ValueError(f"Expected a table among {', '.join(SPECS)} or a .json spec, got none.")
+    if args.jobs < 1:
+        raise ValueError(f"Expected --jobs >= 1, got {args.jobs}.")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     spec = load_spec(args.table)
+    out = args.out or Path("runs") / spec["name"]
     reproduction = Reproduction(
         spec,
-        args.out or Path("runs") / spec["name"],
+        out,
         data_root=args.data_root,
         rows=args.rows.split(",") if args.rows else None,
+        seeds=_seeds(args.seeds),
         train_args=args.train_arg,
         eval_args=args.eval_arg,
         max_minutes=args.max_minutes,
         progress=not args.no_progress,
     )
+    if args.status:
+        text = reproduction.status(args.jobs)
+        print(text)
+        return {"status": text}
+    if args.unit:
+        return {"finished": reproduction.run_unit(args.unit, args.stage)}
     result: Dict[str, Any] = {}
-    if args.stage in ("train", "all"):
-        result["trained"] = reproduction.train()
-    if args.stage in ("evaluate", "all") and result.get("trained", True):
-        result["evaluated"] = reproduction.evaluate()
+    if args.jobs > 1 and args.stage != "report":
+        unit_argv = [
+            args.table,
+            f"--out={out}",
+            f"--data-root={args.data_root}",
+            "--no-progress",
+            *(f"--train-arg={a}" for a in args.train_arg),
+            *(f"--eval-arg={a}" for a in args.eval_arg),
+        ]
+        reproduction.run_jobs(args.jobs, args.stage, unit_argv)
+        units = reproduction.units()
+        if args.stage in ("train", "all"):
+            result["trained"] = all(reproduction.trained(u) for u in units)
+        if args.stage in ("evaluate", "all"):
+            result["evaluated"] = all(reproduction.finished(u) for u in units)
+    else:
+        if args.stage in ("train", "all"):
+            result["trained"] = reproduction.train()
+        if args.stage in ("evaluate", "all") and result.get("trained", True):
+            result["evaluated"] = reproduction.evaluate()
     if args.stage in ("report", "all"):
-        result["report"] = reproduction.report("python examples/reproduce.py " + shlex.join(argv))
-        print(f"table: {result['report']}")
+        if "claims" in spec:
+            result["report"] = reproduction.benchmark_report()
+            print("report: " + ", ".join(map(str, result["report"])))
+        else:
+            result["report"] = reproduction.report(
+                "python examples/reproduce.py " + shlex.join(argv)
+            )
+            print(f"table: {result['report']}")
+    if args.publish is not None:
+        result["published"] = reproduction.publish(args.publish)
+        print(f"published {len(result['published'])} files under {args.publish}")
     finished = result.get("trained", True) and result.get("evaluated", True)
     print("done" if finished else "not finished: run the same command again to continue")
     return result
+
+
+def _seeds(text: Optional[str]) -> Optional[List[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"Expected --seeds as comma-separated integers (e.g. 0,1), got {text!r}."
+        ) from None
 
 
 if __name__ == "__main__":

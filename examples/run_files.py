@@ -31,8 +31,9 @@ from models import build_model
 from torch import Tensor, nn
 
 CHECKPOINT_FORMAT = "instance_reweight-examples/1"
-# Settings a branch must share with the run it starts from: the same network on the same data.
-BRANCH_FIXED = ("data", "model", "batch_size", "seed")
+# Settings a branch must share with the run it starts from: the same network on the same data, and
+# the optimiser whose state it continues.
+BRANCH_FIXED = ("data", "model", "batch_size", "seed", "optimizer")
 # Settings a resumed run may change: only how long it runs.
 RESUME_MUTABLE = ("epochs",)
 
@@ -224,7 +225,7 @@ def start(config: TrainConfig, out: Path, resume: bool, init_from: Optional[Path
     if resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint)
         _check_same(
-            state["config"],
+            _with_defaults(state["config"]),
             config.to_dict(),
             [k for k in state["config"] if k not in RESUME_MUTABLE],
             "settings as the run being resumed",
@@ -241,7 +242,7 @@ def start(config: TrainConfig, out: Path, resume: bool, init_from: Optional[Path
         return Start(None, [{**segment, "first_epoch": 0}], [], resumed=False)
     state = load_checkpoint(init_from)
     _check_same(
-        state["config"],
+        _with_defaults(state["config"]),
         config.to_dict(),
         BRANCH_FIXED,
         "data, model, batch size and seed as the checkpoint branched from",
@@ -249,6 +250,12 @@ def start(config: TrainConfig, out: Path, resume: bool, init_from: Optional[Path
     )
     lineage = list(state["lineage"]) + [{**segment, "first_epoch": int(state["epoch"])}]
     return Start(state, lineage, _log_before(init_from.parent, state), resumed=False)
+
+
+def _with_defaults(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved config with the settings added since it was written at their defaults (their old
+    meaning, e.g. ``optimizer="sgd"``)."""
+    return TrainConfig.from_dict(saved).to_dict()
 
 
 def _check_same(

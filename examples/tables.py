@@ -274,6 +274,110 @@ _MNIST_STUDY: Dict[str, Any] = {
     "paper": {},
 }
 
+# The pre-registered MNIST benchmark (docs/results/mnist-benchmark.md): every row and seed, two
+# evaluation passes, and the papers' claims C1-C8 with the direction each claims per metric.
+_PGD40_CW40 = '{"pgd20": {"steps": 40, "step_size": 0.01}, "cw": {"steps": 40, "step_size": 0.01}}'
+_CLAIM_SEEDS = [0, 1, 2]
+_MNIST_BENCHMARK: Dict[str, Any] = {
+    "name": "mnist-benchmark",
+    "title": "MNIST benchmark: the papers' claims with error bars, Wong et al.'s net, ℓ∞ ε = 0.3",
+    "source": None,
+    "preset": "mnist-benchmark",
+    "protocol": None,
+    "evaluations": [
+        {
+            "name": "full",
+            "args": ["--eps", "0.3", "--attacks", "natural,pgd20,cw", "--options", _PGD40_CW40],
+        },
+        {
+            "name": "aa",
+            "args": [
+                "--eps",
+                "0.3",
+                "--attacks",
+                "aa,apgd-ce,apgd-t,pgd20-ls",
+                "--options",
+                '{"aa": {"version": "standard", "seed": 0}}',
+                "--num-examples",
+                "1000",
+            ],
+        },
+    ],
+    "columns": ["nat", "pgd40", "cw", "aa", "apgd_ce", "apgd_t", "lspgd"],
+    "column_of_attack": {
+        "natural": "nat",
+        "pgd20": "pgd40",
+        "cw": "cw",
+        "aa": "aa",
+        "apgd-ce": "apgd_ce",
+        "apgd-t": "apgd_t",
+        "pgd20-ls": "lspgd",
+    },
+    "column_titles": {
+        "pgd40": "PGD-40",
+        "apgd_ce": "APGD-CE",
+        "apgd_t": "APGD-T",
+        "lspgd": "LS-PGD-20",
+        "aa": "AA (standard)",
+    },
+    "prefixes": {
+        "at": {"method": "at", "epochs": 10},
+        "trades": {"method": "trades", "epochs": 10},
+        "at-awp": {"method": "at-awp", "epochs": 10},
+    },
+    "rows": [
+        {"label": "AT", "method": "at", "prefix": "at", "seeds": _CLAIM_SEEDS},
+        {"label": "TRADES", "method": "trades", "prefix": "trades", "seeds": _CLAIM_SEEDS},
+        {"label": "MART", "method": "mart", "seeds": [0]},
+        {"label": "FAT", "method": "fat", "seeds": [0]},
+        {"label": "GAIRAT", "method": "gairat", "prefix": "at", "seeds": _CLAIM_SEEDS},
+        {"label": "MAIL-AT", "method": "mail-at", "prefix": "at", "seeds": _CLAIM_SEEDS},
+        {
+            "label": "MAIL-TRADES",
+            "method": "mail-trades",
+            "prefix": "trades",
+            "seeds": _CLAIM_SEEDS,
+        },
+        {"label": "AT-AWP", "method": "at-awp", "prefix": "at-awp", "seeds": [0]},
+        {"label": "MAIL-AT-AWP", "method": "mail-at-awp", "prefix": "at-awp", "seeds": [0]},
+        {"label": "GAIR-TRADES", "method": "gair-trades", "prefix": "trades", "seeds": [0]},
+    ],
+    # direction: +1 the method is claimed above its baseline on that metric, -1 below.
+    "claims": [
+        {"id": "C1", "method": "GAIRAT", "baseline": "AT", "directions": {"pgd40": 1}},
+        {"id": "C2", "method": "GAIRAT", "baseline": "AT", "directions": {"aa": -1}},
+        {"id": "C3", "method": "MAIL-AT", "baseline": "AT", "directions": {"pgd40": 1}},
+        {"id": "C4", "method": "MAIL-AT", "baseline": "AT", "directions": {"aa": -1}},
+        {
+            "id": "C5",
+            "method": "MAIL-TRADES",
+            "baseline": "TRADES",
+            "directions": {"aa": 1, "pgd40": 1},
+        },
+        {"id": "C6", "method": "AT-AWP", "baseline": "AT", "directions": {"pgd40": 1, "aa": 1}},
+        {
+            "id": "C7",
+            "method": "MAIL-AT-AWP",
+            "baseline": "AT-AWP",
+            "directions": {"pgd40": 1, "aa": 1},
+        },
+        {"id": "C8", "method": "GAIR-TRADES", "baseline": "TRADES", "directions": {"pgd40": 1}},
+    ],
+    "notes": [
+        "Row AT seed k is the prefix at-seedk continued to 20 epochs; GAIRAT and MAIL-AT seed k branch "
+        "from the same prefix after epoch 10 (TRADES, MAIL-TRADES and GAIR-TRADES from trades-seedk; "
+        "AT-AWP and MAIL-AT-AWP from at-awp-seedk), so a claim's two rows differ only in their last "
+        "10 epochs. MART and FAT train on their own.",
+        "C4 encodes MAIL's own Table 2 (MAIL-AT below AT under AA, 44.22 vs 44.90) as direction -1: "
+        "MAIL does not claim an AA gain for MAIL-AT, and a result above 0 contradicts its table, not "
+        "a claim of gain.",
+        "Pass full: natural, PGD-40 (step 0.01, uniform start) and CW∞ (40 steps of 0.01, confidence "
+        "50) on all 10,000 test images. Pass aa: AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square; "
+        "seed 0), APGD-CE alone, APGD-T alone and LS-PGD-20 on the first 1,000.",
+    ],
+    "paper": {},
+}
+
 # MAIL Table 1 compares the weighting signals on three base losses: nine rows, no prefix.
 _MAIL_TABLE1_SPEC: Dict[str, Any] = {
     "name": "mail-table1",
@@ -354,6 +458,7 @@ SPECS: Dict[str, Dict[str, Any]] = {
             eval_args=["--options", '{"pgd20": {"step_size": 0.003}}'],
         ),
         _MNIST_STUDY,
+        _MNIST_BENCHMARK,
     )
 }
 

@@ -29,7 +29,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import run_files
 import training
-from config import Runtime, TrainConfig, accepted_overrides, resolve_device
+from config import (
+    OPTIMIZERS,
+    Runtime,
+    TrainConfig,
+    accepted_overrides,
+    parse_schedule,
+    resolve_device,
+)
 from data import DATASETS
 from models import MODELS
 from presets import PRESETS, get_preset
@@ -56,21 +63,7 @@ def parse_set(items: Sequence[str]) -> Dict[str, Any]:
 
 def parse_lr_schedule(text: str) -> List[List[float]]:
     """``"60:0.01,90:0.001"`` -> ``[[60, 0.01], [90, 0.001]]`` (0-based epoch: new learning rate)."""
-    if not text.strip():
-        return []
-    schedule = []
-    for part in text.split(","):
-        epoch, sep, lr = part.partition(":")
-        try:
-            schedule.append([int(epoch), float(lr)])
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(
-                f"Expected --lr-schedule as EPOCH:LR pairs separated by commas (e.g. 75:0.01,90:0.001), "
-                f"got {text!r}."
-            )
-    return schedule
+    return parse_schedule(text, "--lr-schedule", float, "75:0.01,90:0.001", "LR")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,13 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ir.attack.NORMS,
         help="threat model of training and monitoring (set --set eps=... --set step_size=... with it)",
     )
+    what.add_argument(
+        "--eps-ramp-epochs",
+        type=float,
+        metavar="T",
+        help="ε and the attack step grow linearly per batch from 0 to their values over the first T "
+        "epochs (0: none)",
+    )
     what.add_argument("--data", choices=sorted(DATASETS))
     what.add_argument("--model", choices=sorted(MODELS))
     what.add_argument("--epochs", type=int)
     what.add_argument("--batch-size", type=int, help="global batch size")
     what.add_argument("--lr", type=float, help="initial learning rate")
     what.add_argument("--lr-schedule", help="EPOCH:LR,... (0-based epochs), e.g. 75:0.01,90:0.001")
-    what.add_argument("--momentum", type=float)
+    what.add_argument(
+        "--optimizer", choices=OPTIMIZERS, help="sgd (default) or adam (default betas, no momentum)"
+    )
+    what.add_argument("--momentum", type=float, help="SGD momentum (refused with --optimizer adam)")
     what.add_argument("--weight-decay", type=float)
     what.add_argument("--seed", type=int)
     what.add_argument(
@@ -200,6 +203,7 @@ def given_settings(args: argparse.Namespace, method: Optional[str]) -> Dict[str,
             lr_schedule=[list(p) for p in recipe.lr_schedule],
             momentum=recipe.momentum,
             weight_decay=recipe.weight_decay,
+            optimizer=recipe.optimizer,
             best_window=list(recipe.best_window) if recipe.best_window else None,
         )
         given.update(
@@ -218,6 +222,7 @@ def given_settings(args: argparse.Namespace, method: Optional[str]) -> Dict[str,
         else None,
         "momentum": args.momentum,
         "weight_decay": args.weight_decay,
+        "optimizer": args.optimizer,
         "seed": args.seed,
         "precision": "fp32" if args.fp32 else None,
         "monitor_size": args.monitor_size,
@@ -227,8 +232,15 @@ def given_settings(args: argparse.Namespace, method: Optional[str]) -> Dict[str,
         "max_steps_per_epoch": args.max_steps_per_epoch,
     }
     given.update({k: v for k, v in explicit.items() if v is not None})
+    if given.get("optimizer") == "adam":
+        if args.momentum is not None:
+            raise ValueError(
+                f"Expected no --momentum with --optimizer adam (Adam's betas, the defaults (0.9, "
+                f"0.999), play that part), got --momentum {args.momentum}. Leave --momentum out."
+            )
+        given["momentum"] = 0.0
     user = parse_set(args.set)
-    for key in ("normalize", "norm"):
+    for key in ("normalize", "norm", "eps_ramp_epochs"):
         if getattr(args, key) is not None:
             user[key] = getattr(args, key)
     if method is not None and (recipe is not None or user):
@@ -334,6 +346,7 @@ _RECIPE_OPTIONS = (
     "lr_schedule",
     "momentum",
     "weight_decay",
+    "optimizer",
 )
 
 

@@ -1,4 +1,5 @@
-"""The training loop of ``train.py`` and ``reproduce.py``: epochs of ``method.training_step`` and SGD.
+"""The training loop of ``train.py`` and ``reproduce.py``: epochs of ``method.training_step`` and SGD
+(or Adam).
 
 A run lives in one folder (``run_files``: ``config.json``, ``checkpoint.pt``, ``best.pt``,
 ``log.jsonl``, ``status.json``); its settings are a ``config.TrainConfig``, how it executes a
@@ -12,6 +13,10 @@ numbers as a straight run, and on a CPU in float32 ends with bit-identical param
 state needs saving. A branch (``init_from``) starts from another run's checkpoint with another method:
 it keeps that run's parameters, BatchNorm statistics, optimiser state (momentum), epoch and hence
 learning-rate position and random streams, and records the change in ``lineage``.
+
+An ε ramp (``eps_ramp_epochs``) moves per batch: the loop calls ``method.set_epoch(epoch + i /
+steps)`` before batch ``i`` of the epoch's ``steps``, so ε is a function of the position in the run
+and a resumed run continues the ramp exactly; without a ramp ``set_epoch(epoch)`` runs once per epoch.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ import numpy as np
 import run_files
 import torch
 import torch.distributed as dist
-from config import Runtime, TrainConfig, device_name, make_method, resolve_device
+from config import (
+    Runtime,
+    TrainConfig,
+    device_name,
+    make_method,
+    make_optimizer,
+    resolve_device,
+)
 from data import DeviceLoader, dataset_info, load_dataset
 from models import build_model
 from monitoring import EpochStats, monitor, monitor_subsets, one_line, progress
@@ -202,7 +214,7 @@ class _Run:
         )
 
     def train_epoch(self, epoch: int, end: int) -> Dict[str, Any]:
-        """One epoch of ``method.training_step`` and SGD; returns its log record (timed)."""
+        """One epoch of ``method.training_step`` and the optimiser; returns its log record (timed)."""
         config, method, optimizer = self.config, self.method, self.optimizer
         torch_seed, augment_seed = epoch_seeds(config.seed, epoch, self.processes.rank)
         torch.manual_seed(torch_seed)
@@ -218,7 +230,10 @@ class _Run:
         autocast = torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
         )
-        for x, y in self._batches(epoch, end):
+        steps = self._steps()
+        for i, (x, y) in enumerate(self._batches(epoch, end)):
+            if method.eps_scheduler is not None:
+                method.set_epoch(epoch + i / steps)
             stats.add(train_step(method, optimizer, x, y, autocast), method)
         record: Dict[str, Any] = {
             "epoch": epoch,
@@ -227,17 +242,23 @@ class _Run:
             "lr": lr,
             **stats.summary(self.processes),
         }
+        if method.eps_scheduler is not None:
+            record["eps"] = method.attack.eps  # the ramp's ε at the epoch's last batch
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         record["seconds"] = time.perf_counter() - tic
         return record
 
+    def _steps(self) -> int:
+        """Batches per epoch: the loader's, or the first ``max_steps_per_epoch``."""
+        return min(self.config.max_steps_per_epoch or len(self.loader), len(self.loader))
+
     def _batches(self, epoch: int, end: int) -> Iterator[Tuple[Tensor, Tensor]]:
         """The epoch's batches (the first ``max_steps_per_epoch``), channels-last if asked."""
-        steps = self.config.max_steps_per_epoch or len(self.loader)
+        steps = self._steps()
         batches = progress(
             itertools.islice(self.loader, steps),
-            min(steps, len(self.loader)),
+            steps,
             f"epoch {epoch} (0-based, last {end - 1})",
             self.runtime.progress and self.processes.main,
         )
@@ -322,22 +343,19 @@ def _network(
     channels_last: bool,
     checkpoint: Optional[Dict[str, Any]],
 ) -> Tuple[nn.Module, torch.optim.Optimizer]:
-    """The network and its SGD optimiser, from ``checkpoint`` when the run continues one."""
+    """The network and its optimiser, from ``checkpoint`` when the run continues one."""
     info = dataset_info(config.data)
     module = build_model(config.model, info.num_classes, info.in_channels).to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = torch.optim.SGD(
-        module.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = make_optimizer(config, module.parameters())
     if checkpoint is not None:
         module.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         for group in optimizer.param_groups:  # a branch may use other optimiser settings
-            group.update(momentum=config.momentum, weight_decay=config.weight_decay)
+            group["weight_decay"] = config.weight_decay
+            if config.optimizer == "sgd":
+                group["momentum"] = config.momentum
     return module, optimizer
 
 

@@ -81,6 +81,25 @@ def test_smallcnn_trades_layout():
         SmallCNN(input_size=12)
 
 
+def test_wong_mnist_layout_and_parameter_count():
+    model = build_model("wong-mnist", 10, 1)
+    # Wong, Rice and Kolter 2020's MNIST net: two 4×4 stride-2 convs (28 -> 14 -> 7), fc100, fc10.
+    assert (
+        _count(model)
+        == 16 * 1 * 4 * 4 + 16 + 32 * 16 * 4 * 4 + 32 + 1568 * 100 + 100 + 100 * 10 + 10
+    )
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
+        (1, 16, (4, 4), (2, 2), (1, 1)),
+        (16, 32, (4, 4), (2, 2), (1, 1)),
+    ]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(f.in_features, f.out_features) for f in linears] == [(1568, 100), (100, 10)]
+    kinds = [type(m) for m in model.modules() if not isinstance(m, (nn.Sequential, type(model)))]
+    assert kinds == [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert model.eval()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 @pytest.mark.parametrize(
     "name, in_channels, side",
     [("resnet18", 3, 32), ("preact-resnet18", 3, 32), ("smallcnn", 1, 28), ("SmallCNN", 3, 32)],
