@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -63,24 +62,23 @@ UNITS = ["prefixes/at-seed0", "prefixes/at-seed1", "runs/AT-seed0", "runs/AT-see
 
 
 @pytest.fixture
-def fake_report(monkeypatch):
-    """A stand-in for benchmark_report (written beside this task): records what it is given."""
+def report_calls(monkeypatch):
+    """benchmark_report.write_report, spied on: records what reproduce.py gives it, then runs it."""
+    import benchmark_report
+
     calls = []
+    real = benchmark_report.write_report
 
     def write_report(spec, out_dir, runs):
         calls.append((spec["name"], out_dir, runs))
-        path = Path(out_dir) / f"{spec['name']}.json"
-        path.write_text("{}")
-        return [path]
+        return real(spec, out_dir, runs)
 
-    module = types.ModuleType("benchmark_report")
-    module.write_report = write_report  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "benchmark_report", module)
+    monkeypatch.setattr(benchmark_report, "write_report", write_report)
     return calls
 
 
 def test_tiny_benchmark_in_jobs_stopped_resumed_reported_and_published(
-    tmp_path, fake_report, capsys
+    tmp_path, report_calls, capsys
 ):
     (tmp_path / "mnist").mkdir()
     data = write_tiny_mnist(tmp_path / "mnist")
@@ -145,13 +143,28 @@ def test_tiny_benchmark_in_jobs_stopped_resumed_reported_and_published(
                 copied = publish / "records" / f"{label}-seed{seed}-{name}.json"
                 assert copied.read_bytes() == (run / f"eval-last-{name}.json").read_bytes()
     # The report got every (row, seed) of the spec.
-    (name, report_out, runs), *_ = fake_report[-1:]
+    (name, report_out, runs), *_ = report_calls[-1:]
     assert name == "tiny-benchmark" and Path(report_out) == out
     assert [(r["label"], r["seed"], r["folder"]) for r in runs] == [
         (label, seed, out / "runs" / f"{label}-seed{seed}")
         for label in ("AT", "GAIRAT")
         for seed in (0, 1)
     ]
+    # The real report: every row and seed, and the claim paired seed by seed on the same images.
+    report = json.loads((out / "tiny-benchmark.json").read_text())
+    for label in ("AT", "GAIRAT"):
+        for seed in ("0", "1"):
+            accuracies = report["rows"][label]["seeds"][seed]
+            assert {"nat", "pgd40", "cw"} <= set(accuracies)
+            assert all(0 <= accuracies[m] <= 100 for m in ("nat", "pgd40", "cw"))
+    claim = report["claims"]["C1"]["pgd40"]
+    diffs = [
+        report["rows"]["GAIRAT"]["seeds"][k]["pgd40"] - report["rows"]["AT"]["seeds"][k]["pgd40"]
+        for k in ("0", "1")
+    ]
+    assert claim["n_seeds"] == 2 and claim["mean"] == pytest.approx(sum(diffs) / 2, abs=0.011)
+    assert claim["verdict"] in ("shown", "not shown", "contradicted")
+    assert (out / "claims.png").is_file()
     # A unit that is done is not redone.
     capsys.readouterr()
     assert reproduce.main([*common, "--jobs=2"])["evaluated"]
