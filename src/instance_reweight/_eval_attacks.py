@@ -329,7 +329,6 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
 
     def _stepper(self, x: Tensor, objective: Objective) -> Step:
         """Nesterov look-ahead, line-searched step and momentum update; the velocity lives here."""
-        ball = (x - self.eps, x + self.eps)
         velocity = torch.zeros_like(x)
 
         def step(t: int, x_adv: Tensor, grad: Tensor, y: Tensor) -> Tensor:
@@ -337,7 +336,7 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
             direction = grad.sign()
             min_step = self.min_step if t < self.min_step_steps else 0.0
             ahead = x_adv + self.momentum * velocity
-            alpha, x_next = self._line_search(objective, y, ahead, direction, ball, min_step)
+            alpha, x_next = self._line_search(objective, y, ahead, direction, x, min_step)
             velocity = self.momentum * velocity + _expand(alpha, x) * direction
             return x_next
 
@@ -349,7 +348,7 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
         y: Tensor,
         ahead: Tensor,
         direction: Tensor,
-        ball: Tuple[Tensor, Tensor],
+        x: Tensor,
         min_step: float,
     ) -> Tuple[Tensor, Tensor]:
         """Per example, the step in ``line_search`` values from α_max down to ``min_step`` whose
@@ -362,7 +361,7 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
         with torch.no_grad():
             span = (self.step_size - min_step) / (self.line_search - 1)
             for alpha in (self.step_size - i * span for i in range(self.line_search)):
-                candidate = self._project(ahead + alpha * direction, ball)
+                candidate = self._project(ahead + alpha * direction, x)
                 value = self._per_example(objective(self._forward(candidate, n), y), n)
                 better = value > best_value
                 best_value = torch.where(better, value, best_value.to(value.dtype))
