@@ -34,7 +34,8 @@ class InstanceReweightedLoss(nn.Module):
             DistributedDataParallel) or ``"none"`` (with ``scale``; official MAIL code).
         scale: multiplies every weight.
         **scheme_params: the scheme's parameters, e.g. ``steps=10, lam=-1.0`` for GAIRAT or
-            ``slope=10.0, bias=-0.5`` for MAIL-AT.
+            ``slope=10.0, bias=-0.5`` for MAIL-AT; and ``space`` of the margin (see
+            :class:`~instance_reweight.InstanceWeighting`).
 
     Attributes:
         weighting: the :class:`~instance_reweight.InstanceWeighting`; ``active``, ``last_weights``,
