@@ -482,9 +482,11 @@ def test_bad_model_outputs():
 
 
 def test_model_and_data_on_different_devices():
-    model = nn.Linear(3, 2).to("meta")
+    model = nn.Linear(3, 2)
+    attack = ir.GeometryAwareAttack(model, eps=0.1, step_size=0.02, steps=2)
+    model.to("meta")  # moved after the attack was built: the one other device a CPU machine has
     with pytest.raises(ValueError, match="same device"):
-        _bad_call(model, torch.rand(4, 3), torch.zeros(4).long())
+        attack(torch.rand(4, 3), torch.zeros(4).long())
     with pytest.raises(ValueError, match=r"\.to\(x.device\)"):
         _bad_call(
             nn.Linear(3, 2), torch.rand(4, 3), torch.zeros(4, dtype=torch.long, device="meta")

@@ -221,9 +221,11 @@ def test_a_reweighted_loss_drives_the_perturbation():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"gamma": 0.0}, ValueError, "Expected `gamma`.*> 0"),
-        ({"gamma": -5e-3}, ValueError, "Expected `gamma`.*> 0"),
-        ({"gamma": math.nan}, ValueError, "Expected `gamma`.*> 0"),
+        ({"gamma": 0.0}, ValueError, r"Expected `gamma`.*in \(0, 1\]"),
+        ({"gamma": -5e-3}, ValueError, r"Expected `gamma`.*in \(0, 1\]"),
+        ({"gamma": math.nan}, ValueError, r"Expected `gamma`.*in \(0, 1\]"),
+        ({"gamma": 1.5}, ValueError, r"Expected `gamma`.*in \(0, 1\].*got 1.5"),
+        ({"gamma": 1e6}, ValueError, r"Expected `gamma`.*in \(0, 1\]"),
         ({"gamma": math.inf}, ValueError, "Expected `gamma` to be a finite number"),
         ({"gamma": "5e-3"}, TypeError, "Expected `gamma` to be a real number"),
         ({"gamma": True}, TypeError, "Expected `gamma` to be a real number"),

@@ -63,6 +63,11 @@ class _NaNGradient(nn.Module):
         return self.linear(x) + 0 * (x - 0.5).abs().sqrt().sum(1, keepdim=True)
 
 
+def _moved_after_building(attack: ir.GeometryAwareAttack, device: str) -> ir.GeometryAwareAttack:
+    attack.model.to(device)
+    return attack
+
+
 def _burn_in() -> ir.BurnInScheduler:
     return ir.BurnInScheduler(_gairat(), burn_in_epochs=2)
 
@@ -165,7 +170,7 @@ CASES: List[Case] = [
         "Model",
         "a model on another device than `x`",
         ValueError,
-        lambda: _attack(nn.Linear(4, 3).to("meta"))(_x(), _y()),
+        lambda: _moved_after_building(_attack(), "meta")(_x(), _y()),
     ),
     ("Attack options", "`eps` < 0", ValueError, lambda: _attack(eps=-0.1)),
     ("Attack options", "`eps` = inf", ValueError, lambda: _attack(eps=math.inf)),

@@ -11,7 +11,7 @@ import math
 from typing import Callable, List, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _type_name(value: object) -> str:
@@ -22,6 +22,25 @@ def check_tensor(value: object, name: str) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"Expected `{name}` to be a torch.Tensor, got {_type_name(value)}.")
     return value
+
+
+def check_model(model: object, name: str = "model") -> nn.Module:
+    """An ``nn.Module`` whose parameters hold data: not a lazy module before its first forward, not
+    a module on the meta device."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected `{name}` to be a torch.nn.Module, got {_type_name(model)}.")
+    params = list(model.parameters())
+    if any(nn.parameter.is_lazy(p) for p in params):
+        raise ValueError(
+            f"Expected `{name}` with initialised parameters, got a lazy module (e.g. nn.LazyLinear) "
+            f"before its first forward; run one forward on a batch first, e.g. `{name}(x[:1])`."
+        )
+    if any(p.is_meta for p in params):
+        raise ValueError(
+            f"Expected `{name}` with parameters that hold data, got parameters on the meta device; "
+            f"materialise them with `{name}.to_empty(device=...)` and load the weights first."
+        )
+    return model
 
 
 def check_labels(y: object, n: int, name: str = "y") -> Tensor:

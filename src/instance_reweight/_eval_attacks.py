@@ -184,6 +184,14 @@ def autoattack(
         if restarts is not None:
             adversary.apgd.n_restarts = restarts
         num_classes = logits_of(model, x[:1]).shape[1]
+        height = x.shape[2]
+        if norm == "l2" and "square" in adversary.attacks_to_run and height < 5:
+            # Square's ℓ2 start tiles the image in blocks of height // 5 pixels: 0 below 5.
+            raise ValueError(
+                f"Expected images at least 5 pixels high for AutoAttack's ℓ2 Square attack, got "
+                f"{height}; leave Square out, e.g. {{'aa': {{'version': 'custom', 'attacks': "
+                "['apgd-ce', 'apgd-t', 'fab-t']}}, or evaluate larger images."
+            )
         dlr = {"apgd-t", "apgd-dlr"} & set(adversary.attacks_to_run)
         if dlr and num_classes < 4:
             raise ValueError(

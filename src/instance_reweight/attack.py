@@ -20,6 +20,7 @@ from ._checks import (
     check_int,
     check_labels,
     check_logits,
+    check_model,
     check_number,
     check_tensor,
     fail,
@@ -158,10 +159,7 @@ class GeometryAwareAttack:
         clip: Optional[Tuple[float, float]] = (0.0, 1.0),
         norm: str = "linf",
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}."
-            )
+        check_model(model)
         # The attack needs no gradient synchronisation: run DDP's wrapped module directly.
         self.model = (
             model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -219,6 +217,10 @@ class GeometryAwareAttack:
 
     def _check_input(self, x: object) -> Tensor:
         x = check_tensor(x, "x")
+        if x.is_meta:
+            raise ValueError(
+                "Expected `x` with data, got a tensor on the meta device; pass the batch itself."
+            )
         if not x.is_floating_point() or x.dim() < 1:
             raise TypeError(
                 f"Expected `x` to be a floating-point tensor (N, *), got {x.dtype} of shape {tuple(x.shape)}; "
