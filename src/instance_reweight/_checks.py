@@ -259,7 +259,9 @@ def check_eps(
         ...
         ValueError: Expected `eps` on the scale of the inputs, at most 1 (the width of clip=(0, 1)) for the ℓ∞ ball, got 8; did you mean 8/255 ≈ 0.03137?
     """
-    value = check_number(eps, "eps", minimum=0.0, strict=strict, hint=" (8/255 is the usual ℓ∞ radius)")
+    value = check_number(
+        eps, "eps", minimum=0.0, strict=strict, hint=" (8/255 is the usual ℓ∞ radius)"
+    )
     if clip is not None and norm == "linf" and value > clip[1] - clip[0]:
         raise ValueError(
             f"Expected `eps` on the scale of the inputs, at most {clip[1] - clip[0]:g} (the width of "

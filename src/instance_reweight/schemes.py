@@ -7,10 +7,9 @@ normalises their logarithms (they never underflow there).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Union
-
-import functools
 
 import torch
 import torch.nn.functional as F
