@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+import functools
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -131,7 +132,39 @@ class InstanceReweightedLoss(nn.Module):
         losses = check_losses(
             self.base_loss(*inputs), None if first is None else first.shape[0], "`base_loss`"
         )
+        if _backward_ran(losses):
+            raise ValueError(
+                "Expected `base_loss` to return per-example losses whose graph is intact, got losses "
+                "whose backward has already run (their saved tensors are freed): `base_loss` calls "
+                "`.backward()` itself; return the losses and call `.backward()` on this criterion's "
+                "result instead."
+            )
         return self.weighting._reduce(losses, kappa, margin)
 
     def extra_repr(self) -> str:
         return repr(self.weighting)
+
+
+def _backward_ran(losses: Tensor) -> bool:
+    """Whether a backward pass already ran through (and freed) the graph of ``losses``: probes the
+    saved tensors of its last 8 nodes, nearest first (a few microseconds, no synchronisation; the
+    base loss's own operations come first, the model's are deeper)."""
+    pending: List[Any] = [losses.grad_fn]
+    for _ in range(8):
+        node = pending.pop(0) if pending else None
+        if node is None:
+            return False
+        try:
+            for name in _saved_tensors(type(node)):
+                getattr(node, name)
+        except RuntimeError:
+            return True
+        pending.extend(fn for fn, _ in node.next_functions if fn is not None)
+    return False
+
+
+@functools.cache
+def _saved_tensors(node_type: type) -> Tuple[str, ...]:
+    """The attributes of an autograd node type that hold saved tensors (those with a raw form)."""
+    names = dir(node_type)
+    return tuple(n for n in names if n.startswith("_saved_") and f"_raw{n}" in names)
