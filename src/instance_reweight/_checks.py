@@ -263,10 +263,15 @@ def check_eps(
         eps, "eps", minimum=0.0, strict=strict, hint=" (8/255 is the usual ℓ∞ radius)"
     )
     if clip is not None and norm == "linf" and value > clip[1] - clip[0]:
+        # A pixel-scale ε (in 0..255) most likely meant ε/255 on images in [0, 1].
+        fix = (
+            f"did you mean {value:g}/255 ≈ {value / 255:.4g}?"
+            if value <= 255
+            else "give it on the scale of the inputs (8/255 ≈ 0.0314 is the usual radius)."
+        )
         raise ValueError(
             f"Expected `eps` on the scale of the inputs, at most {clip[1] - clip[0]:g} (the width of "
-            f"clip=({clip[0]:g}, {clip[1]:g})) for the ℓ∞ ball, got {value:g}; did you mean "
-            f"{value:g}/255 ≈ {value / 255:.4g}?"
+            f"clip=({clip[0]:g}, {clip[1]:g})) for the ℓ∞ ball, got {value:g}; {fix}"
         )
     return value
 
