@@ -142,6 +142,8 @@ def _normalise(log_w: Tensor, normalize: str, scale: float) -> Tensor:
     r"""The weights ``w`` from log ω, without overflow: ``N·softmax(log ω)`` for ``"batch"``.
 
     Where Σω is 0, infinite or NaN the same formulas run with ω = 1 (uniform weights), never NaN.
+    ``scale`` multiplies in the precision of the computation, before the float32 result: a scale
+    beyond float32's range meets no weight that underflowed to 0 there (0·∞ = NaN).
     """
     n = factor = log_w.shape[0]
     lse = torch.logsumexp(log_w.double(), 0)
@@ -151,12 +153,12 @@ def _normalise(log_w: Tensor, normalize: str, scale: float) -> Tensor:
         lse, count = global_logsumexp(lse, n)
         factor = world_size() * n  # DDP averages the W local losses: W·Σ_local ωℓ / Σ_global ω each
     fallback = ~torch.isfinite(lse)
-    if normalize == "none":
-        weights = torch.where(fallback, torch.ones_like(log_w), log_w.exp()).float()
+    if normalize == "none":  # in the raw weights' precision, as the official MAIL code's 3·ω
+        weights = torch.where(fallback, torch.ones_like(log_w), log_w.exp())
     else:
         shifted = (log_w.double() - torch.where(fallback, 0.0, lse)).exp()
-        weights = torch.where(fallback, factor / count, factor * shifted).float()
-    return weights * scale if scale != 1.0 else weights
+        weights = torch.where(fallback, factor / count, factor * shifted)
+    return (weights * scale if scale != 1.0 else weights).float()
 
 
 class InstanceWeighting:
