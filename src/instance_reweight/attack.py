@@ -106,7 +106,9 @@ class GeometryAwareAttack:
     The model runs in eval mode with its parameters frozen (:func:`frozen_for_attack`); the loop
     does no host synchronisation and no per-example Python. Inside ``torch.autocast`` the model
     runs in the autocast dtype; the attack loss is taken in float32 (float64 for a float64 model) and
-    κ counts the model's own predictions.
+    κ counts the model's own predictions. For bfloat16 or float16 inputs each step and projection is
+    computed in float32 and rounded toward ``x`` on the input's grid, so the iterate stays inside the
+    ε-ball and ``clip`` when measured in float32.
 
     Args:
         model: classifier returning logits ``(N, C)``; a ``DistributedDataParallel`` model is
@@ -132,10 +134,12 @@ class GeometryAwareAttack:
         - Output: :class:`AttackOutput` ``(adv (N, *), kappa (N,) int64)``.
 
     Raises:
-        ValueError: on a negative ``eps``/``steps``/``tau``, a non-positive ``step_size``, inputs
-            outside ``clip`` or non-finite, labels out of range, a model output that is not
-            ``(N, C)`` or that turns non-finite, a model on another device than ``x``.
-        TypeError: on non-tensor inputs or float labels.
+        ValueError: on a negative ``eps``/``steps``/``tau``, an ℓ∞ ``eps`` wider than ``clip`` (a
+            pixel-scale ε), a non-positive ``step_size``, inputs outside ``clip`` or non-finite,
+            labels out of range, a model output that is not ``(N, C)`` or that turns non-finite, an
+            attack loss that is not ``(N,)`` or scalar, a model on another device than ``x``, a lazy
+            module before its first forward, a model or ``x`` on the meta device.
+        TypeError: on non-tensor inputs, float labels or an integer attack loss.
 
     Example:
         >>> _ = torch.manual_seed(0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from torch import Tensor, nn
@@ -155,7 +154,7 @@ def _backward_ran(losses: Tensor) -> bool:
         if node is None:
             return False
         try:
-            for name in _saved_tensors(type(node)):
+            for name in _saved_tensors(node):
                 getattr(node, name)
         except RuntimeError:
             return True
@@ -163,8 +162,14 @@ def _backward_ran(losses: Tensor) -> bool:
     return False
 
 
-@functools.cache
-def _saved_tensors(node_type: type) -> Tuple[str, ...]:
-    """The attributes of an autograd node type that hold saved tensors (those with a raw form)."""
-    names = dir(node_type)
-    return tuple(n for n in names if n.startswith("_saved_") and f"_raw{n}" in names)
+_SAVED: Dict[type, Tuple[str, ...]] = {}
+"""The attributes of each autograd node type that hold saved tensors."""
+
+
+def _saved_tensors(node: Any) -> Tuple[str, ...]:
+    """The attributes of ``node`` that hold saved tensors: those with a raw form."""
+    kind = type(node)
+    if kind not in _SAVED:
+        names = dir(kind)
+        _SAVED[kind] = tuple(n for n in names if n.startswith("_saved_") and f"_raw{n}" in names)
+    return _SAVED[kind]
