@@ -508,6 +508,12 @@ CASES: List[Case] = [
         ValueError,
         lambda: ir.AdversarialWeightPerturbation(nn.Linear(4, 3), gamma=1e6),
     ),
+    (
+        "AWP",
+        "`awp_gamma` above 1 (a method)",
+        ValueError,
+        lambda: ir.methods.get("at-awp", nn.Linear(4, 3), awp_gamma=1e6),
+    ),
     ("AWP", "`perturbed` under `torch.inference_mode()`", RuntimeError, _awp_under_inference_mode),
     (
         "Normalized models",

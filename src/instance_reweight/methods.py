@@ -755,6 +755,6 @@ def _awp(
     """AWP and its warm-up epochs for a method with AWP's hyper-parameters; ``(None, 0)`` without."""
     if "awp_gamma" not in params:
         return None, 0
-    gamma = check_number(params["awp_gamma"], "awp_gamma", minimum=0.0, strict=True)
+    gamma = check_number(params["awp_gamma"], "awp_gamma", minimum=0.0, maximum=1.0, strict=True)
     warmup = check_int(params["awp_warmup"], "awp_warmup", 0, " (0-based epoch)")
     return AdversarialWeightPerturbation(model, gamma=gamma), warmup
