@@ -456,8 +456,9 @@ def test_loss_of_an_awp_method_is_refused_once_awp_applies():
 
 def test_awp_hyper_parameters_are_checked():
     model = _bn_model()
-    with pytest.raises(ValueError, match="Expected `awp_gamma`.*> 0"):
-        ir.methods.get("at-awp", model, awp_gamma=0.0)
+    for gamma in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"Expected `awp_gamma`.*in \(0, 1\]"):
+            ir.methods.get("at-awp", model, awp_gamma=gamma)
     with pytest.raises(ValueError, match="Expected `awp_warmup` to be an int >= 0"):
         ir.methods.get("trades-awp", model, awp_warmup=-1)
     with pytest.raises(
