@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import instance_reweight as ir
@@ -482,9 +485,11 @@ def test_bad_model_outputs():
 
 
 def test_model_and_data_on_different_devices():
-    model = nn.Linear(3, 2).to("meta")
+    model = nn.Linear(3, 2)
+    attack = ir.GeometryAwareAttack(model, eps=0.1, step_size=0.02, steps=2)
+    model.to("meta")  # moved after the attack was built: the one other device a CPU machine has
     with pytest.raises(ValueError, match="same device"):
-        _bad_call(model, torch.rand(4, 3), torch.zeros(4).long())
+        attack(torch.rand(4, 3), torch.zeros(4).long())
     with pytest.raises(ValueError, match=r"\.to\(x.device\)"):
         _bad_call(
             nn.Linear(3, 2), torch.rand(4, 3), torch.zeros(4, dtype=torch.long, device="meta")
@@ -494,3 +499,96 @@ def test_model_and_data_on_different_devices():
 def test_repr():
     text = repr(ir.GeometryAwareAttack(nn.Linear(2, 2), eps=8 / 255, step_size=2 / 255, steps=10))
     assert "eps=0.0313725" in text and "steps=10" in text and "random_start='uniform'" in text
+
+
+# --- One ε check everywhere; the ε-ball under half precision; per-example attack losses ----------------
+
+
+@given(eps=st.floats(min_value=1.0, max_value=1e6, exclude_min=True))
+def test_a_pixel_scale_eps_is_refused_alike_by_the_attack_the_methods_and_evaluation(eps):
+    """ε beyond the width of clip=(0, 1) (ℓ∞) allows every image: the one check refuses it everywhere."""
+    model = nn.Linear(4, 3)
+    fix = f"did you mean {eps:g}/255" if eps <= 255 else "on the scale of the inputs (8/255"
+    match = r"at most 1 \(the width of clip=\(0, 1\)\).*" + re.escape(fix)
+    for build in (
+        lambda: ir.GeometryAwareAttack(model, eps=eps, step_size=0.01, steps=1),
+        lambda: ir.methods.get("gairat", model, eps=eps),
+        lambda: ir.evaluation.settings(eps=eps),
+    ):
+        with pytest.raises(ValueError, match=match):
+            build()
+
+
+@given(eps=st.floats(min_value=0.0, max_value=1.0))
+def test_an_eps_within_the_clip_box_is_accepted_alike(eps):
+    model = nn.Linear(4, 3)
+    assert ir.GeometryAwareAttack(model, eps=eps, step_size=0.01, steps=1).eps == eps
+    assert ir.methods.get("gairat", model, eps=eps).attack.eps == eps
+    if eps > 0:  # an evaluation at ε = 0 is the natural accuracy: asked for by name
+        assert ir.evaluation.settings(eps=eps)["eps"] == eps
+
+
+def test_the_eps_bound_follows_the_clip_box_and_not_the_l2_ball():
+    model = nn.Linear(4, 3)
+    assert ir.GeometryAwareAttack(model, eps=8.0, step_size=2.0, steps=1, clip=(0, 255)).eps == 8.0
+    assert ir.GeometryAwareAttack(model, eps=8.0, step_size=2.0, steps=1, clip=None).eps == 8.0
+    assert ir.GeometryAwareAttack(model, eps=1.5, step_size=0.1, steps=1, norm="l2").eps == 1.5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("norm, eps, start", [("linf", 8 / 255, "uniform"), ("l2", 0.5, "uniform")])
+def test_half_precision_iterates_stay_inside_the_ball_measured_in_float32(dtype, norm, eps, start):
+    """bfloat16 rounds 0.5 + 8/255 to 0.5390625 (ε·1.24): the iterate is rounded toward x instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).to(dtype)
+    x = torch.rand(32, 3, 4, 4).to(dtype)
+    y = torch.randint(0, 10, (32,))
+    for steps in (0, 1, 7):
+        attack = ir.GeometryAwareAttack(
+            model, eps=eps, step_size=eps / 2, steps=steps, norm=norm, random_start=start
+        )
+        x_adv, _ = attack(x, y)
+        assert x_adv.dtype == dtype
+        delta = (x_adv.float() - x.float()).flatten(1)
+        length = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+        assert bool((length <= eps * (1 + 1e-6)).all()), float(length.max() / eps)
+        assert bool(((x_adv >= 0) & (x_adv <= 1)).all())
+        if steps:  # the attack still moves: the ball's edge is reached on the grid
+            assert float(length.max()) > 0.5 * eps
+
+
+def test_lm_pgd_under_bfloat16_stays_inside_the_ball():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).to(torch.bfloat16)
+    x, y = torch.rand(16, 3, 2, 2).to(torch.bfloat16), torch.randint(0, 4, (16,))
+    x_adv, _ = ir.evaluation.LineSearchMomentumPGD(model, eps=8 / 255, steps=5)(x, y)
+    assert float((x_adv.float() - x.float()).abs().max()) <= 8 / 255 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    "loss, error, match",
+    [
+        (lambda logits, y: logits, ValueError, r"one value per example, shape \(5,\).*\(5, 4\)"),
+        (lambda logits, y: logits[:, :1], ValueError, r"shape \(5,\), or a scalar, got \(5, 1\)"),
+        (
+            lambda logits, y: logits.argmax(1),
+            TypeError,
+            "floating-point values, got dtype torch.int64",
+        ),
+    ],
+)
+def test_an_attack_loss_must_be_per_example_and_floating_point(loss, error, match):
+    x, y = torch.rand(5, 3), torch.randint(0, 4, (5,))
+    with pytest.raises(error, match=match):
+        _bad_call(nn.Linear(3, 4), x, y, loss=loss)
+
+
+def test_lazy_and_meta_models_and_meta_inputs_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"lazy module.*`model\(x\[:1\]\)`"):
+        ir.GeometryAwareAttack(nn.LazyLinear(3), eps=0.1, step_size=0.02, steps=2)
+    with pytest.raises(ValueError, match="lazy module"):
+        ir.methods.get("at", nn.Sequential(nn.Flatten(), nn.LazyLinear(3)))
+    with pytest.raises(ValueError, match="meta device.*to_empty"):
+        ir.GeometryAwareAttack(nn.Linear(3, 2).to("meta"), eps=0.1, step_size=0.02, steps=2)
+    with pytest.raises(ValueError, match="`x` with data"):
+        _bad_call(nn.Linear(3, 2), torch.rand(4, 3, device="meta"), torch.zeros(4).long())

@@ -130,7 +130,7 @@ def test_the_model_is_restored_and_untouched_by_the_proxy_step():
         assert not torch.equal(model[0].weight, params[0])
     untouched()
     for p, p0 in zip(model.parameters(), params):
-        torch.testing.assert_close(p.detach(), p0, rtol=0.0, atol=1e-15)
+        assert torch.equal(p, p0)  # bitwise: no optimiser step ran inside the block
 
 
 def test_an_exception_in_the_block_restores_the_weights():
@@ -140,7 +140,36 @@ def test_an_exception_in_the_block_restores_the_weights():
     with pytest.raises(RuntimeError, match="boom"), awp.perturbed(_ce(*_data())):
         raise RuntimeError("boom")
     for p, p0 in zip(model.parameters(), params):
-        torch.testing.assert_close(p.detach(), p0, rtol=0.0, atol=1e-15)
+        assert torch.equal(p, p0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_block_without_an_optimiser_step_gives_the_weights_back_bitwise(dtype):
+    """γ = 1 on weights of very different sizes: W + v − v would leave a cancellation residue."""
+    model = _model().to(dtype)
+    with torch.no_grad():
+        model[0].weight.mul_(1e4)
+        model[3].weight.mul_(1e-4)
+    params = [p.detach().clone() for p in model.parameters()]
+    x, y = _data()
+    with ir.AdversarialWeightPerturbation(model, gamma=1.0).perturbed(_ce(x.to(dtype), y)):
+        assert not torch.equal(model[0].weight, params[0])
+    for p, p0 in zip(model.parameters(), params):
+        assert torch.equal(p, p0)
+
+
+def test_an_update_to_some_weights_only_leaves_the_others_bitwise():
+    model = _model()
+    params = [p.detach().clone() for p in model.parameters()]
+    x, y = _data()
+    optimizer = torch.optim.SGD([model[3].weight], lr=0.1)
+    with ir.AdversarialWeightPerturbation(model, gamma=1.0).perturbed(_ce(x, y)):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    assert not torch.equal(model[3].weight, params[4])
+    for i in (0, 1, 2, 3, 5):
+        assert torch.equal(list(model.parameters())[i], params[i])
 
 
 def test_the_direction_does_not_depend_on_the_proxy_learning_rate():
@@ -190,13 +219,18 @@ def test_a_weight_without_gradient_is_not_moved():
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_a_non_finite_proxy_loss_leaves_the_weights_alone(bad):
+@pytest.mark.parametrize("where", ["gradient", "loss only"])
+def test_a_non_finite_proxy_loss_leaves_the_weights_alone(bad, where):
+    """As documented: v = 0 for a non-finite proxy loss, also when its gradient is finite."""
     model = _model()
     params = [p.detach().clone() for p in model.parameters()]
     x, y = _data()
-    with ir.AdversarialWeightPerturbation(model, gamma=0.1).perturbed(
-        lambda m: F.cross_entropy(m(x), y) * bad
-    ):
+
+    def loss_fn(m):
+        loss = F.cross_entropy(m(x), y)
+        return loss * bad if where == "gradient" else loss + bad
+
+    with ir.AdversarialWeightPerturbation(model, gamma=0.1).perturbed(loss_fn):
         for p, p0 in zip(model.parameters(), params):
             assert torch.equal(p, p0)
 
@@ -221,9 +255,11 @@ def test_a_reweighted_loss_drives_the_perturbation():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"gamma": 0.0}, ValueError, "Expected `gamma`.*> 0"),
-        ({"gamma": -5e-3}, ValueError, "Expected `gamma`.*> 0"),
-        ({"gamma": math.nan}, ValueError, "Expected `gamma`.*> 0"),
+        ({"gamma": 0.0}, ValueError, r"Expected `gamma`.*in \(0, 1\]"),
+        ({"gamma": -5e-3}, ValueError, r"Expected `gamma`.*in \(0, 1\]"),
+        ({"gamma": math.nan}, ValueError, r"Expected `gamma`.*in \(0, 1\]"),
+        ({"gamma": 1.5}, ValueError, r"Expected `gamma`.*in \(0, 1\].*got 1.5"),
+        ({"gamma": 1e6}, ValueError, r"Expected `gamma`.*in \(0, 1\]"),
         ({"gamma": math.inf}, ValueError, "Expected `gamma` to be a finite number"),
         ({"gamma": "5e-3"}, TypeError, "Expected `gamma` to be a real number"),
         ({"gamma": True}, TypeError, "Expected `gamma` to be a real number"),
@@ -233,6 +269,20 @@ def test_a_reweighted_loss_drives_the_perturbation():
 def test_bad_hyper_parameters_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):
         ir.AdversarialWeightPerturbation(_model(), **kwargs)
+
+
+def test_inference_mode_lazy_and_meta_models_are_refused_with_the_fix():
+    model = _model()
+    params = [p.detach().clone() for p in model.parameters()]
+    awp = ir.AdversarialWeightPerturbation(model, gamma=5e-3)
+    with pytest.raises(RuntimeError, match="outside torch.inference_mode"), torch.inference_mode():
+        with awp.perturbed(_ce(*_data())):
+            pass
+    assert all(torch.equal(p, p0) for p, p0 in zip(model.parameters(), params))
+    with pytest.raises(ValueError, match=r"lazy module.*`model\(x\[:1\]\)`"):
+        ir.AdversarialWeightPerturbation(nn.Sequential(nn.LazyLinear(2)), gamma=5e-3)
+    with pytest.raises(ValueError, match="meta device.*to_empty"):
+        ir.AdversarialWeightPerturbation(nn.Linear(3, 2).to("meta"), gamma=5e-3)
 
 
 def test_a_model_without_weight_matrices_is_refused():
@@ -407,8 +457,9 @@ def test_loss_of_an_awp_method_is_refused_once_awp_applies():
 
 def test_awp_hyper_parameters_are_checked():
     model = _bn_model()
-    with pytest.raises(ValueError, match="Expected `awp_gamma`.*> 0"):
-        ir.methods.get("at-awp", model, awp_gamma=0.0)
+    for gamma in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"Expected `awp_gamma`.*in \(0, 1\]"):
+            ir.methods.get("at-awp", model, awp_gamma=gamma)
     with pytest.raises(ValueError, match="Expected `awp_warmup` to be an int >= 0"):
         ir.methods.get("trades-awp", model, awp_warmup=-1)
     with pytest.raises(

@@ -63,6 +63,29 @@ class _NaNGradient(nn.Module):
         return self.linear(x) + 0 * (x - 0.5).abs().sqrt().sum(1, keepdim=True)
 
 
+def _moved_after_building(attack: ir.GeometryAwareAttack, device: str) -> ir.GeometryAwareAttack:
+    attack.model.to(device)
+    return attack
+
+
+def _awp_under_inference_mode() -> None:
+    awp = ir.AdversarialWeightPerturbation(nn.Linear(4, 3), gamma=5e-3)
+    with torch.inference_mode(), awp.perturbed(lambda m: m(_x()).sum()):
+        pass
+
+
+def _step_without_gradients() -> None:
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        ir.methods.get("at", model).step(_x(), _y(), torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def _backward_inside(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    losses = _ce()(logits, y)
+    losses.sum().backward()
+    return losses
+
+
 def _burn_in() -> ir.BurnInScheduler:
     return ir.BurnInScheduler(_gairat(), burn_in_epochs=2)
 
@@ -112,6 +135,12 @@ CASES: List[Case] = [
         "`x` in another dtype than the model",
         TypeError,
         lambda: _attack()(_x().double(), _y()),
+    ),
+    (
+        "Inputs",
+        "`x` on the meta device",
+        ValueError,
+        lambda: _attack()(_x().to("meta"), _y()),
     ),
     (
         "Inputs",
@@ -165,9 +194,39 @@ CASES: List[Case] = [
         "Model",
         "a model on another device than `x`",
         ValueError,
-        lambda: _attack(nn.Linear(4, 3).to("meta"))(_x(), _y()),
+        lambda: _moved_after_building(_attack(), "meta")(_x(), _y()),
+    ),
+    (
+        "Model",
+        "a lazy module before its first forward",
+        ValueError,
+        lambda: _attack(nn.Sequential(nn.LazyLinear(3))),
+    ),
+    (
+        "Model",
+        "a model on the meta device",
+        ValueError,
+        lambda: _attack(nn.Linear(4, 3).to("meta")),
     ),
     ("Attack options", "`eps` < 0", ValueError, lambda: _attack(eps=-0.1)),
+    (
+        "Attack options",
+        "a pixel-scale `eps` (8 for images in [0, 1]) — the attack",
+        ValueError,
+        lambda: _attack(eps=8.0),
+    ),
+    (
+        "Attack options",
+        "a pixel-scale `eps` — a method",
+        ValueError,
+        lambda: ir.methods.get("gairat", nn.Linear(4, 3), eps=8.0),
+    ),
+    (
+        "Attack options",
+        "a pixel-scale `eps` — an evaluation",
+        ValueError,
+        lambda: ir.evaluation.settings(eps=8.0),
+    ),
     ("Attack options", "`eps` = inf", ValueError, lambda: _attack(eps=math.inf)),
     ("Attack options", "`eps` as a string", TypeError, lambda: _attack(eps="0.1")),
     ("Attack options", "`steps` as a float", TypeError, lambda: _attack(steps=2.0)),
@@ -211,6 +270,18 @@ CASES: List[Case] = [
         lambda: _attack(loss=lambda logits, y: 1.0)(_x(), _y()),
     ),
     (
+        "Attack options",
+        "an attack loss that returns (N, C)",
+        ValueError,
+        lambda: _attack(loss=lambda logits, y: logits)(_x(), _y()),
+    ),
+    (
+        "Attack options",
+        "an attack loss of an integer dtype",
+        TypeError,
+        lambda: _attack(loss=lambda logits, y: logits.argmax(1))(_x(), _y()),
+    ),
+    (
         "Loss",
         "a torch loss that reduces",
         ValueError,
@@ -234,7 +305,23 @@ CASES: List[Case] = [
     ),
     (
         "Loss",
-        "`kappa` above the scheme's `steps`",
+        "a base loss of an integer dtype",
+        TypeError,
+        lambda: ir.InstanceReweightedLoss(lambda z, y: (z.argmax(1) != y).long(), "gairat")(
+            torch.zeros(2, 3), _y(), kappa=_y()
+        ),
+    ),
+    (
+        "Loss",
+        "a base loss that calls `backward` itself",
+        ValueError,
+        lambda: ir.InstanceReweightedLoss(_backward_inside, "gairat")(
+            torch.zeros(2, 3, requires_grad=True) * 2, _y(), kappa=_y()
+        ),
+    ),
+    (
+        "Loss",
+        "`kappa` above the scheme's `steps` (an attack with more steps than the loss)",
         ValueError,
         lambda: _gairat()(torch.zeros(2, 3), _y(), kappa=torch.tensor([0, 20])),
     ),
@@ -288,6 +375,18 @@ CASES: List[Case] = [
         "an unknown normalisation",
         ValueError,
         lambda: ir.InstanceReweightedLoss(_ce(), "gairat", normalize="sum"),
+    ),
+    (
+        "Weighting",
+        "a probabilistic margin outside [−1, 1]",
+        ValueError,
+        lambda: ir.InstanceWeighting("mail")(margin=torch.tensor([0.5, 2.5])),
+    ),
+    (
+        "Weighting",
+        "`space` for a scheme that reads κ",
+        ValueError,
+        lambda: ir.InstanceWeighting("gairat", space="logit"),
     ),
     (
         "Weighting",
@@ -397,6 +496,26 @@ CASES: List[Case] = [
         lambda: ir.methods.get("trades", nn.Linear(4, 3), slope=2.0),
     ),
     (
+        "Methods",
+        "`method.step(x, y, None)`",
+        TypeError,
+        lambda: ir.methods.get("at", nn.Linear(4, 3)).step(_x(), _y(), None),
+    ),
+    ("Methods", "`method.step` under `torch.no_grad()`", RuntimeError, _step_without_gradients),
+    (
+        "AWP",
+        "`gamma` above 1",
+        ValueError,
+        lambda: ir.AdversarialWeightPerturbation(nn.Linear(4, 3), gamma=1e6),
+    ),
+    (
+        "AWP",
+        "`awp_gamma` above 1 (a method)",
+        ValueError,
+        lambda: ir.methods.get("at-awp", nn.Linear(4, 3), awp_gamma=1e6),
+    ),
+    ("AWP", "`perturbed` under `torch.inference_mode()`", RuntimeError, _awp_under_inference_mode),
+    (
         "Normalized models",
         "an input whose channels do not match `mean`/`std`",
         ValueError,
@@ -449,6 +568,15 @@ def render() -> str:
         "scheme is checked like any signal and every weight is 1; raw weights that underflow (GAIRAT with",
         "λ ≲ −40, MAIL with γ ≳ 200) are normalised through their logarithms, so the weights stay finite and in",
         "order; a Σω of 0 or ∞ gives uniform weights.",
+        "",
+        "One rule for ε: the attack, `ir.methods` and `ir.evaluation` share one check, so a pixel-scale",
+        "ε (larger than the width of `clip`, ℓ∞) is refused alike everywhere. Also handled rather than",
+        "refused: under bfloat16 and float16 the attack projects in float32 and rounds each iterate toward",
+        "`x` on the input's grid, so ‖x_adv − x‖ ≤ ε holds measured in float32; a float64 callable scheme",
+        "is normalised in float64; `probabilistic_margin` of logits near float32's limit saturates at",
+        "±3.4e38 (logit space) rather than giving Inf or NaN; AWP gives the weights back bitwise when no",
+        "optimiser step ran in its block, and a non-finite proxy loss gives no perturbation for that step;",
+        "every weighting, reweighted loss and method pickles and deep-copies.",
     ]
     section = None
     for name, row, error, trigger in CASES:

@@ -487,6 +487,25 @@ def test_autoattack_bad_settings_raise(model, x, kwargs, match):
         robust_masks(model, (x, y), attacks="aa", eps=EPS, **kwargs)
 
 
+@pytest.mark.parametrize("height", [1, 4])
+def test_autoattack_l2_square_on_small_images_is_refused_before_it_runs(height):
+    """Square's ℓ2 start tiles an image in blocks of height // 5 pixels: inside AutoAttack a
+    ZeroDivisionError below 5; refused with the subset that leaves Square out."""
+    pytest.importorskip(
+        "pyautoattack",
+        reason="AutoAttack needs the extra: pip install 'instance-reweight[evaluation]'",
+    )
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * height * 4, 10))
+    x = torch.rand(4, 3, height, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    with pytest.raises(ValueError, match=rf"at least 5 pixels high.*got {height}.*'apgd-ce'"):
+        robust_masks(model, (x, y), attacks="aa", eps=0.5, norm="l2")
+    subset = {"aa": {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}}
+    masks = robust_masks(model, (x, y), attacks="aa", eps=0.5, norm="l2", options=subset)
+    assert masks["aa"].shape == (4,)
+
+
 def test_lm_pgd_shares_the_attack_checks_and_loop():
     """LM-PGD only changes the step rule: bad inputs are reported as GeometryAwareAttack reports them."""
     attack = LineSearchMomentumPGD(nn.Linear(4, 3), eps=0.1, steps=3)

@@ -323,3 +323,30 @@ def test_repr_and_module_behaviour():
     torch.save(criterion.state_dict(), buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True) == {}
+
+
+def test_a_base_loss_of_an_integer_dtype_is_refused_not_cast():
+    criterion = ir.InstanceReweightedLoss(lambda z, y: (z.argmax(1) != y).long(), "gairat")
+    with pytest.raises(TypeError, match="floating-point losses, got dtype torch.int64"):
+        criterion(torch.zeros(2, 3), torch.tensor([0, 1]), kappa=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("after", ["returned", "transformed"])
+def test_a_base_loss_that_calls_backward_itself_is_refused_with_the_fix(after):
+    def base_loss(logits, y):
+        losses = F.cross_entropy(logits, y, reduction="none")
+        losses.mean().backward()
+        return losses if after == "returned" else 2 * losses + 1
+
+    z = torch.zeros(2, 3, requires_grad=True)
+    criterion = ir.InstanceReweightedLoss(base_loss, "gairat")
+    with pytest.raises(ValueError, match="calls `.backward\\(\\)` itself"):
+        criterion(z * 2, torch.tensor([0, 1]), kappa=torch.tensor([0, 1]))
+
+
+def test_a_loss_backpropagated_afterwards_is_not_mistaken_for_one():
+    z = torch.zeros(2, 3, requires_grad=True)
+    criterion = ir.InstanceReweightedLoss(nn.CrossEntropyLoss(reduction="none"), "gairat")
+    for _ in range(2):  # a fresh graph each call
+        criterion(z * 2, torch.tensor([0, 1]), kappa=torch.tensor([0, 1])).backward()
+    assert z.grad is not None

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import instance_reweight as ir
 
@@ -131,3 +133,44 @@ def test_empty_batch():
     assert ir.probabilistic_margin(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).shape == (
         0,
     )
+
+
+LARGEST = torch.finfo(torch.float32).max
+
+
+@given(
+    rows=st.lists(
+        st.lists(
+            st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=2, max_size=5
+        ),
+        min_size=1,
+        max_size=8,
+    ).filter(lambda rows: len({len(r) for r in rows}) == 1),
+    data=st.data(),
+)
+@pytest.mark.parametrize("space", ["prob", "logit"])
+def test_finite_for_any_finite_float32_logits(space, rows, data):
+    """Logits near float32's limit: the margin is the oracle's, saturated at ±3.4e38, never Inf or NaN."""
+    logits = torch.tensor(rows, dtype=torch.float32)
+    y = torch.tensor([data.draw(st.integers(0, len(rows[0]) - 1)) for _ in rows])
+    got = ir.probabilistic_margin(logits, y, space=space)
+    assert bool(torch.isfinite(got).all())
+    expected = _pm_oracle(logits.double(), y, space).clamp(-LARGEST, LARGEST)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6)
+    dif = ir.probabilistic_margin_dif(logits, -logits, y, space=space)
+    assert bool(torch.isfinite(dif).all())
+
+
+def test_float64_logits_beyond_float32_keep_their_margin():
+    logits = torch.tensor([[1e39, 0.0, -1e39]], dtype=torch.float64)
+    assert ir.probabilistic_margin(logits, torch.tensor([0])).item() == 1.0
+    assert ir.probabilistic_margin(logits, torch.tensor([2])).item() == -1.0
+    assert ir.probabilistic_margin(logits, torch.tensor([1]), space="logit").item() == -LARGEST
+
+
+def test_float32_logits_at_the_limit_saturate_in_logit_space():
+    logits = torch.tensor([[3e38, -3e38, 0.0]])
+    assert ir.probabilistic_margin(logits, torch.tensor([1]), space="logit").item() == -LARGEST
+    assert ir.probabilistic_margin(logits, torch.tensor([1])).item() == -1.0
+    dif = ir.probabilistic_margin_dif(logits, -logits, torch.tensor([0]), space="logit")
+    assert dif.item() == LARGEST

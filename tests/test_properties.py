@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -98,3 +99,24 @@ def test_pm_of_any_finite_logits_is_in_range(row, label):
             torch.tensor([row]).to(dtype).clamp(-6e4, 6e4), torch.tensor([label])
         )
         assert pm.dtype == torch.float32 and -1 <= pm.item() <= 1
+
+
+@given(
+    loss_steps=steps,
+    attack_steps=st.integers(min_value=1, max_value=60),
+    scheme=st.sampled_from(["gairat", "gairat-sigmoid", "gairat-linear"]),
+)
+def test_kappa_from_an_attack_with_more_steps_than_the_loss_is_refused(
+    loss_steps, attack_steps, scheme
+):
+    """κ ∈ [0, K_attack]: once it exceeds the loss's K the mismatch is refused, never weighted."""
+    kappa = torch.arange(attack_steps + 1)  # every count the attack can give
+    criterion = ir.InstanceReweightedLoss(
+        torch.nn.CrossEntropyLoss(reduction="none"), scheme, steps=loss_steps
+    )
+    logits, y = torch.zeros(len(kappa), 3), torch.zeros(len(kappa), dtype=torch.long)
+    if attack_steps > loss_steps:
+        with pytest.raises(ValueError, match=rf"`kappa` in \[0, {loss_steps}\].*`steps=`"):
+            criterion(logits, y, kappa=kappa)
+    else:
+        assert bool(torch.isfinite(criterion(logits, y, kappa=kappa)))

@@ -9,6 +9,8 @@ from typing import List, Sequence
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import instance_reweight as ir
@@ -274,3 +276,63 @@ def test_one_host_synchronisation_per_call(count_syncs):
     assert count_syncs(lambda: weighting.reduce(losses, kappa=kappa)) == 1
     callable_scheme = ir.InstanceWeighting(lambda pm: 1.0 - pm)  # margin and weights: one read
     assert count_syncs(lambda: callable_scheme.reduce(losses, margin=torch.rand(3))) == 1
+
+
+# --- Margins in their space; a callable scheme's own precision --------------------------------------
+
+
+@given(
+    inside=st.lists(st.floats(min_value=-1, max_value=1), max_size=8),
+    outside=st.floats(min_value=1, exclude_min=True, allow_infinity=False, width=32),
+    sign=st.sampled_from([-1.0, 1.0]),
+)
+@pytest.mark.parametrize("scheme", ["mail", "hinge", "step", lambda pm: torch.ones_like(pm)])
+def test_a_probabilistic_margin_outside_minus_one_one_is_refused(scheme, inside, outside, sign):
+    margin = torch.tensor([*inside, sign * outside])
+    with pytest.raises(ValueError, match=r"`margin` in \[-1, 1\].*space='logit'"):
+        ir.InstanceWeighting(scheme)(margin=margin)
+    assert ir.InstanceWeighting(scheme)(margin=margin.clamp(-1, 1)).shape == margin.shape
+
+
+@given(margins=st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=16))
+def test_a_logit_margin_is_weighted_as_given(margins):
+    """MAIL Table 5's multi-class margin: any finite value, ω = sigmoid(−γ(m − β)) as for PM."""
+    weighting = ir.InstanceWeighting("mail", space="logit", slope=0.5, bias=1.0, normalize="none")
+    assert "space='logit'" in repr(weighting) and weighting.space == "logit"
+    margin = torch.tensor(margins)
+    got = weighting(margin=margin)
+    for m, w in zip(margin.tolist(), got.tolist()):  # the float32 margins the weighting reads
+        z = -Decimal(0.5) * (Decimal(m) - 1)
+        # float32 sigmoid of z: a few roundings of z, each amplified by |z| through the exponential
+        assert w == pytest.approx(
+            float(_sigmoid(z)), rel=8 * EPS32 * (1 + abs(float(z))), abs=1e-37
+        )
+
+
+def test_space_is_checked_and_refused_for_kappa_schemes():
+    with pytest.raises(ValueError, match="one of 'prob', 'logit'"):
+        ir.InstanceWeighting("mail", space="probability")
+    with pytest.raises(ValueError, match=r"space='prob' \(the default\) for scheme 'gairat'"):
+        ir.InstanceWeighting("gairat", space="logit")
+    with pytest.raises(ValueError, match="space='logit'"):
+        ir.instance_reweighted_loss(torch.ones(2), "mail", margin=torch.tensor([0.0, 2.0]))
+    assert ir.instance_reweighted_loss(
+        torch.ones(2), "mail", margin=torch.tensor([0.0, 2.0]), space="logit"
+    ) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("normalize", ["batch", "none"])
+def test_a_float64_callable_scheme_is_normalised_in_float64(normalize):
+    """Raw weights 1e-300, 1e-305, 1e-310 are all 0 in float32: a cast would give uniform weights."""
+    raw = [1e-300, 1e-305, 1e-310, 1e-300]
+
+    def tiny(signal):
+        return torch.tensor(raw, dtype=torch.float64)
+
+    weights = ir.InstanceWeighting(tiny, normalize=normalize, scale=1e300)(
+        margin=torch.zeros(len(raw))
+    )
+    total = sum(raw)
+    expected = [len(raw) * r / total * 1e300 if normalize == "batch" else r * 1e300 for r in raw]
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights, torch.tensor(expected), rtol=4 * EPS32, atol=0.0)

@@ -11,7 +11,7 @@ import math
 from typing import Callable, List, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _type_name(value: object) -> str:
@@ -22,6 +22,25 @@ def check_tensor(value: object, name: str) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"Expected `{name}` to be a torch.Tensor, got {_type_name(value)}.")
     return value
+
+
+def check_model(model: object, name: str = "model") -> nn.Module:
+    """An ``nn.Module`` whose parameters hold data: not a lazy module before its first forward, not
+    a module on the meta device."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected `{name}` to be a torch.nn.Module, got {_type_name(model)}.")
+    params = list(model.parameters())
+    if any(nn.parameter.is_lazy(p) for p in params):
+        raise ValueError(
+            f"Expected `{name}` with initialised parameters, got a lazy module (e.g. nn.LazyLinear) "
+            f"before its first forward; run one forward on a batch first, e.g. `{name}(x[:1])`."
+        )
+    if any(p.is_meta for p in params):
+        raise ValueError(
+            f"Expected `{name}` with parameters that hold data, got parameters on the meta device; "
+            f"materialise them with `{name}.to_empty(device=...)` and load the weights first."
+        )
+    return model
 
 
 def check_labels(y: object, n: int, name: str = "y") -> Tensor:
@@ -69,6 +88,11 @@ def check_losses(losses: object, n: Optional[int], source: str) -> Tensor:
         raise ValueError(
             f"Expected {source} to return one loss per example, shape {expected}, got {tuple(losses.shape)}; "
             "sum the per-class terms (e.g. `.sum(dim=1)`) so that each example has one loss."
+        )
+    if not losses.is_floating_point():
+        raise TypeError(
+            f"Expected {source} to return floating-point losses, got dtype {losses.dtype}: integer "
+            "losses carry no gradient; compute the loss from the logits with torch operations."
         )
     return losses
 
@@ -218,6 +242,37 @@ def check_number(
             where = f" <= {maximum:g}" if maximum < math.inf else ""
         kind = "a number (finite or +inf)" if allow_inf else "a finite number"
         raise ValueError(f"Expected `{name}` to be {kind}{where}{hint}, got {value}.")
+    return value
+
+
+def check_eps(
+    eps: object, clip: Optional[Tuple[float, float]], norm: str, *, strict: bool = False
+) -> float:
+    """The radius ε of the ``norm`` ball, on the scale of the inputs: finite, >= 0 (> 0 with
+    ``strict``) and, for ℓ∞ with a ``clip`` box, at most the box's width (a larger ε allows every
+    input in the box: a pixel-scale ε such as 8 given for inputs in [0, 1]). An ℓ2 radius spans all
+    features and may exceed one feature's range.
+
+    Example:
+        >>> check_eps(8, (0.0, 1.0), "linf")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `eps` on the scale of the inputs, at most 1 (the width of clip=(0, 1)) for the ℓ∞ ball, got 8; did you mean 8/255 ≈ 0.03137?
+    """
+    value = check_number(
+        eps, "eps", minimum=0.0, strict=strict, hint=" (8/255 is the usual ℓ∞ radius)"
+    )
+    if clip is not None and norm == "linf" and value > clip[1] - clip[0]:
+        # A pixel-scale ε (in 0..255) most likely meant ε/255 on images in [0, 1].
+        fix = (
+            f"did you mean {value:g}/255 ≈ {value / 255:.4g}?"
+            if value <= 255
+            else "give it on the scale of the inputs (8/255 ≈ 0.0314 is the usual radius)."
+        )
+        raise ValueError(
+            f"Expected `eps` on the scale of the inputs, at most {clip[1] - clip[0]:g} (the width of "
+            f"clip=({clip[0]:g}, {clip[1]:g})) for the ℓ∞ ball, got {value:g}; {fix}"
+        )
     return value
 
 

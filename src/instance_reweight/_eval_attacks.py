@@ -184,6 +184,14 @@ def autoattack(
         if restarts is not None:
             adversary.apgd.n_restarts = restarts
         num_classes = logits_of(model, x[:1]).shape[1]
+        height = x.shape[2]
+        if norm == "l2" and "square" in adversary.attacks_to_run and height < 5:
+            # Square's ℓ2 start tiles the image in blocks of height // 5 pixels: 0 below 5.
+            raise ValueError(
+                f"Expected images at least 5 pixels high for AutoAttack's ℓ2 Square attack, got "
+                f"{height}; leave Square out, e.g. {{'aa': {{'version': 'custom', 'attacks': "
+                "['apgd-ce', 'apgd-t', 'fab-t']}}, or evaluate larger images."
+            )
         dlr = {"apgd-t", "apgd-dlr"} & set(adversary.attacks_to_run)
         if dlr and num_classes < 4:
             raise ValueError(
@@ -329,7 +337,6 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
 
     def _stepper(self, x: Tensor, objective: Objective) -> Step:
         """Nesterov look-ahead, line-searched step and momentum update; the velocity lives here."""
-        ball = (x - self.eps, x + self.eps)
         velocity = torch.zeros_like(x)
 
         def step(t: int, x_adv: Tensor, grad: Tensor, y: Tensor) -> Tensor:
@@ -337,7 +344,7 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
             direction = grad.sign()
             min_step = self.min_step if t < self.min_step_steps else 0.0
             ahead = x_adv + self.momentum * velocity
-            alpha, x_next = self._line_search(objective, y, ahead, direction, ball, min_step)
+            alpha, x_next = self._line_search(objective, y, ahead, direction, x, min_step)
             velocity = self.momentum * velocity + _expand(alpha, x) * direction
             return x_next
 
@@ -349,7 +356,7 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
         y: Tensor,
         ahead: Tensor,
         direction: Tensor,
-        ball: Tuple[Tensor, Tensor],
+        x: Tensor,
         min_step: float,
     ) -> Tuple[Tensor, Tensor]:
         """Per example, the step in ``line_search`` values from α_max down to ``min_step`` whose
@@ -362,7 +369,7 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
         with torch.no_grad():
             span = (self.step_size - min_step) / (self.line_search - 1)
             for alpha in (self.step_size - i * span for i in range(self.line_search)):
-                candidate = self._project(ahead + alpha * direction, ball)
+                candidate = self._project(ahead + alpha * direction, x)
                 value = self._per_example(objective(self._forward(candidate, n), y), n)
                 better = value > best_value
                 best_value = torch.where(better, value, best_value.to(value.dtype))

@@ -15,10 +15,12 @@ from ._checks import (
     at_least_float32,
     check_choice,
     check_clip,
+    check_eps,
     check_finite,
     check_int,
     check_labels,
     check_logits,
+    check_model,
     check_number,
     check_tensor,
     fail,
@@ -104,7 +106,9 @@ class GeometryAwareAttack:
     The model runs in eval mode with its parameters frozen (:func:`frozen_for_attack`); the loop
     does no host synchronisation and no per-example Python. Inside ``torch.autocast`` the model
     runs in the autocast dtype; the attack loss is taken in float32 (float64 for a float64 model) and
-    κ counts the model's own predictions.
+    κ counts the model's own predictions. For bfloat16 or float16 inputs each step and projection is
+    computed in float32 and rounded toward ``x`` on the input's grid, so the iterate stays inside the
+    ε-ball and ``clip`` when measured in float32.
 
     Args:
         model: classifier returning logits ``(N, C)``; a ``DistributedDataParallel`` model is
@@ -130,10 +134,12 @@ class GeometryAwareAttack:
         - Output: :class:`AttackOutput` ``(adv (N, *), kappa (N,) int64)``.
 
     Raises:
-        ValueError: on a negative ``eps``/``steps``/``tau``, a non-positive ``step_size``, inputs
-            outside ``clip`` or non-finite, labels out of range, a model output that is not
-            ``(N, C)`` or that turns non-finite, a model on another device than ``x``.
-        TypeError: on non-tensor inputs or float labels.
+        ValueError: on a negative ``eps``/``steps``/``tau``, an ℓ∞ ``eps`` wider than ``clip`` (a
+            pixel-scale ε), a non-positive ``step_size``, inputs outside ``clip`` or non-finite,
+            labels out of range, a model output that is not ``(N, C)`` or that turns non-finite, an
+            attack loss that is not ``(N,)`` or scalar, a model on another device than ``x``, a lazy
+            module before its first forward, a model or ``x`` on the meta device.
+        TypeError: on non-tensor inputs, float labels or an integer attack loss.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -157,15 +163,14 @@ class GeometryAwareAttack:
         clip: Optional[Tuple[float, float]] = (0.0, 1.0),
         norm: str = "linf",
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}."
-            )
+        check_model(model)
         # The attack needs no gradient synchronisation: run DDP's wrapped module directly.
         self.model = (
             model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         )
-        self.eps = check_number(eps, "eps", minimum=0.0, hint=" (8/255 is the usual ℓ∞ radius)")
+        self.clip = check_clip(clip)
+        self.norm = check_choice(norm, "norm", NORMS)
+        self.eps = check_eps(eps, self.clip, self.norm)
         self.step_size = check_number(step_size, "step_size", minimum=0.0, strict=True)
         self.steps = check_int(steps, "steps", 0)
         if not callable(loss):
@@ -175,8 +180,6 @@ class GeometryAwareAttack:
             check_choice(random_start, "random_start", _STARTS, alternative="None")
         self.random_start = random_start
         self.tau = tau
-        self.clip = check_clip(clip)
-        self.norm = check_choice(norm, "norm", NORMS)
 
     @property
     def tau(self) -> Union[int, Tensor, None]:
@@ -218,6 +221,10 @@ class GeometryAwareAttack:
 
     def _check_input(self, x: object) -> Tensor:
         x = check_tensor(x, "x")
+        if x.is_meta:
+            raise ValueError(
+                "Expected `x` with data, got a tensor on the meta device; pass the batch itself."
+            )
         if not x.is_floating_point() or x.dim() < 1:
             raise TypeError(
                 f"Expected `x` to be a floating-point tensor (N, *), got {x.dtype} of shape {tuple(x.shape)}; "
@@ -252,9 +259,10 @@ class GeometryAwareAttack:
             radius = self.eps * torch.rand(x.shape[0], dtype=x.dtype, device=x.device).pow(
                 1 / max(math.prod(x.shape[1:]), 1)
             )
-            return self._clip(x + _expand(radius, x) * _unit(torch.randn_like(x)))
+            offset = _expand(radius, x) * _unit(torch.randn_like(x))
+            return _toward(self._clip(at_least_float32(x) + offset), x)
         if self.random_start == "uniform":
-            return self._clip(x + torch.empty_like(x).uniform_(-self.eps, self.eps))
+            return self._project(x + torch.empty_like(x).uniform_(-self.eps, self.eps), x)
         if self.random_start == "normal":
             return x + 0.001 * torch.randn_like(x)
         return x.clone()
@@ -299,6 +307,17 @@ class GeometryAwareAttack:
                 "Expected the attack loss to return a tensor (N,) or a scalar, got "
                 f"{type(value).__name__}; compute it with torch operations on the logits (no `.item()`)."
             )
+        n = logits.shape[0]
+        if value.dim() != 0 and value.shape != (n,):
+            raise ValueError(
+                f"Expected the attack loss to return one value per example, shape ({n},), or a "
+                f"scalar, got {tuple(value.shape)}; sum the per-class terms (e.g. `.sum(dim=1)`)."
+            )
+        if not value.is_floating_point():
+            raise TypeError(
+                f"Expected the attack loss to return floating-point values, got dtype {value.dtype}: "
+                "integer values carry no gradient; compute it from the logits with torch operations."
+            )
         if not value.requires_grad:
             raise ValueError(
                 "Expected the attack loss to depend on `x` through autograd, got a value without a "
@@ -315,20 +334,25 @@ class GeometryAwareAttack:
             return lambda t, x_adv, grad, y: self._project_l2(
                 x_adv + self.step_size * _unit(grad), x
             )
-        ball = (x - self.eps, x + self.eps)
-        return lambda t, x_adv, grad, y: self._project(x_adv + self.step_size * grad.sign(), ball)
+        return lambda t, x_adv, grad, y: self._project(x_adv + self.step_size * grad.sign(), x)
 
-    def _project(self, x_adv: Tensor, ball: Tuple[Tensor, Tensor]) -> Tensor:
-        return self._clip(torch.min(torch.max(x_adv, ball[0]), ball[1]))
+    def _project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """ℓ∞: onto the ε-ball around ``x`` and ``clip``, in at least float32, then onto ``x``'s grid."""
+        x_wide = at_least_float32(x)
+        ball = torch.min(torch.max(at_least_float32(x_adv), x_wide - self.eps), x_wide + self.eps)
+        return _toward(self._clip(ball), x)
 
     def _project_l2(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        delta = x_adv - x
+        """ℓ2: ``x_adv − x`` scaled down to length ε and clipped, in at least float32, then onto
+        ``x``'s grid."""
+        x_wide = at_least_float32(x)
+        delta = at_least_float32(x_adv) - x_wide
         length = _expand(_l2(delta), x)
         # Scale down only what is longer than ε; the clamped denominator keeps ε = 0 free of 0/0.
         scale = torch.where(
             length > self.eps, self.eps / length.clamp_min(torch.finfo(length.dtype).tiny), 1.0
         )
-        return self._clip(x + delta * scale)
+        return _toward(self._clip(x_wide + delta * scale), x)
 
     def _run(self, x: Tensor, y: Tensor, checks: DeferredChecks) -> AttackOutput:
         n = x.shape[0]
@@ -378,6 +402,18 @@ class GeometryAwareAttack:
             ),
         )
         return AttackOutput(x_adv.detach(), kappa)
+
+
+def _toward(target: Tensor, x: Tensor) -> Tensor:
+    """``target`` (in at least float32) in ``x``'s dtype, rounded toward ``x`` where rounding to
+    nearest would move it away: under bfloat16 or float16 each feature's distance to ``x`` then
+    does not grow, so the iterate stays inside the ε-ball and ``clip`` when measured in float32."""
+    if target.dtype == x.dtype:
+        return target
+    rounded = target.to(x.dtype)
+    wide = x.to(target.dtype)
+    away = (rounded.to(target.dtype) - wide).abs() > (target - wide).abs()
+    return torch.where(away, torch.nextafter(rounded, x), rounded)
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:

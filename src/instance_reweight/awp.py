@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._checks import at_least_float32, check_number
+from ._checks import at_least_float32, check_model, check_number
 
 __all__ = ["AdversarialWeightPerturbation"]
 
@@ -35,11 +35,15 @@ class AdversarialWeightPerturbation:
 
     norms over the whole tensor (layer-wise relative size). The model's weights become :math:`W + v`
     for the body of the ``with`` block, where you compute your loss, backpropagate and step the
-    optimiser; on exit the same :math:`v` is subtracted — also when the body raises — so the
-    optimiser's update is kept and the perturbation removed: with plain SGD of rate :math:`\mu`,
+    optimiser; on exit — also when the body raises — the perturbation is removed and the
+    optimiser's update kept: with plain SGD of rate :math:`\mu`,
     :math:`W \leftarrow W - \mu\,\nabla\mathcal{L}_{\text{train}}(W + v)`.
 
-    This is the arithmetic of the official ``AdvWeightPerturb`` (``perturb`` / ``restore``). Since
+    The official ``AdvWeightPerturb`` (``perturb`` / ``restore``) subtracts :math:`v` again; here the
+    exact :math:`W` is kept and the optimiser's update :math:`W' - (W + v)` added to it, the same
+    number within float rounding, and where no optimiser step ran inside the block (an exception, a
+    skipped step of a gradient scaler) the weights come back bitwise (subtracting a large
+    :math:`v` would leave a residue of cancellation). Since
     :math:`v` is normalised per layer, it does not depend on :math:`\eta` (the official AT-AWP code
     uses 0.01, the TRADES-AWP code 0.1); :math:`d` is computed as :math:`\eta\nabla\mathcal{L}`
     rather than as the difference of two weight tensors, which is the same number without the
@@ -54,14 +58,16 @@ class AdversarialWeightPerturbation:
 
     Args:
         model: the model being trained (its parameters are perturbed in place).
-        gamma: the relative size γ > 0 of the perturbation (AWP: 5e-3 for AT-AWP and TRADES-AWP on
-            CIFAR-10 ℓ∞, see ``docs/awp.md``).
+        gamma: the relative size γ of the perturbation, in (0, 1]: each perturbed weight tensor
+            moves by at most its own norm (AWP: 5e-3 for AT-AWP and TRADES-AWP on CIFAR-10 ℓ∞,
+            see ``docs/awp.md``; the paper's sweep stays below 2e-2).
         proxy_lr: the proxy's SGD learning rate η > 0 (scales :math:`d`, not :math:`v`).
 
     Raises:
         TypeError: ``model`` not an ``nn.Module``, ``gamma`` or ``proxy_lr`` not a number.
-        ValueError: ``gamma`` or ``proxy_lr`` not finite and > 0, a model without any parameter of
-            more than one dimension.
+        ValueError: ``gamma`` outside (0, 1], ``proxy_lr`` not finite and > 0, a model without any
+            parameter of more than one dimension, a lazy module before its first forward, a model on
+            the meta device.
 
     Example:
         >>> import torch.nn.functional as F
@@ -82,10 +88,7 @@ class AdversarialWeightPerturbation:
     """
 
     def __init__(self, model: nn.Module, *, gamma: float, proxy_lr: float = 0.01) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}."
-            )
+        check_model(model)
         # Under DDP the proxy copies the wrapped module; its gradients are summed by hand.
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         self.model: nn.Module = model.module if ddp else model  # type: ignore[assignment]
@@ -94,6 +97,7 @@ class AdversarialWeightPerturbation:
             gamma,
             "gamma",
             minimum=0.0,
+            maximum=1.0,
             strict=True,
             hint=" (relative size of the weight perturbation, AWP: 5e-3)",
         )
@@ -128,21 +132,30 @@ class AdversarialWeightPerturbation:
         Raises:
             TypeError: ``loss_fn`` not callable, or its result not a tensor.
             ValueError: its result not a scalar, or not depending on the given module's weights.
+            RuntimeError: under ``torch.inference_mode()``, where no gradient can be taken.
         """
         if not callable(loss_fn):
             raise TypeError(
                 f"Expected `loss_fn` to be a callable (module) -> scalar loss, got {type(loss_fn).__name__}."
             )
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "Expected AWP's `perturbed` outside torch.inference_mode(), got it inside: the "
+                "perturbation and the training step need gradients; leave the inference_mode block "
+                "(torch.no_grad() is fine for the caller)."
+            )
         targets, perturbation = self._perturbation(loss_fn)
         with torch.no_grad():
+            exact = [weight.clone() for weight in targets]
             for weight, v in zip(targets, perturbation):
                 weight.add_(v)
         try:
             yield
         finally:
             with torch.no_grad():
-                for weight, v in zip(targets, perturbation):
-                    weight.sub_(v)
+                for weight, w, v in zip(targets, exact, perturbation):
+                    # W + (W' − (W + v)): the optimiser's update on the exact W, 0 without a step.
+                    weight.copy_(w + (weight - (w + v)))
 
     def _perturbation(self, loss_fn: LossFn) -> Tuple[List[Tensor], List[Tensor]]:
         """The model's perturbed weights and their :math:`v`, from one step of the proxy."""
@@ -175,16 +188,19 @@ class AdversarialWeightPerturbation:
         grads = [torch.zeros_like(pw) if g is None else g for (_, pw), g in zip(pairs, found)]
         if self._group is not None and dist.is_available() and dist.is_initialized():
             grads = _summed(grads, self._group)  # the sum has the direction of the mean: enough
-        return [w for w, _ in pairs], self._scaled([w for w, _ in pairs], grads)
+        return [w for w, _ in pairs], self._scaled([w for w, _ in pairs], grads, loss.detach())
 
-    def _scaled(self, weights: Sequence[Tensor], grads: Sequence[Tensor]) -> List[Tensor]:
-        """:math:`v_l = γ‖W_l‖/‖d_l‖·d_l` with :math:`d_l = η g_l`; all zero if any d is not finite."""
+    def _scaled(
+        self, weights: Sequence[Tensor], grads: Sequence[Tensor], loss: Tensor
+    ) -> List[Tensor]:
+        """:math:`v_l = γ‖W_l‖/‖d_l‖·d_l` with :math:`d_l = η g_l`; all zero if the proxy loss or
+        any d is not finite."""
         diffs = [self.proxy_lr * g.detach() for g in grads]
         norm_d = torch.stack([torch.linalg.vector_norm(at_least_float32(d)) for d in diffs])
         norm_w = torch.stack(
             [torch.linalg.vector_norm(at_least_float32(w.detach())) for w in weights]
         )
-        finite = torch.isfinite(norm_d).all()
+        finite = torch.isfinite(norm_d).all() & torch.isfinite(loss).to(norm_d.device)
         usable = finite & (norm_d > 0)
         coeff = torch.where(usable, self.gamma * norm_w / norm_d.where(usable, 1.0), 0.0)
         return [torch.where(finite, c.to(d.dtype) * d, 0.0) for c, d in zip(coeff.unbind(), diffs)]

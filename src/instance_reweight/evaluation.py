@@ -38,11 +38,11 @@ from torch import Tensor, nn
 from ._checks import (
     check_choice,
     check_clip,
+    check_eps,
     check_finite,
     check_int,
     check_label_range,
     check_labels,
-    check_number,
     check_tensor,
 )
 from ._eval_attacks import (
@@ -459,7 +459,7 @@ def settings(
         else PROTOCOLS[check_choice(protocol, "protocol", tuple(PROTOCOLS))]
     )
     norm_ = check_choice(preset.norm if norm is None else norm, "norm", NORMS)
-    eps_ = _check_eps(preset.eps if eps is None else eps, check_clip(clip), norm_)
+    eps_ = check_eps(preset.eps if eps is None else eps, check_clip(clip), norm_, strict=True)
     names = _check_names(preset.attacks if attacks is None else attacks)
     user = _check_mapping(options, "options", names)
     limits = {**preset.num_examples, **_num_examples(num_examples, names)}
@@ -479,17 +479,6 @@ def settings(
         "attacks": resolved,
         "num_examples": {name: limits.get(name) for name in names},
     }
-
-
-def _check_eps(eps: object, clip: Clip, norm: str) -> float:
-    eps_ = check_number(eps, "eps", minimum=0.0, strict=True)
-    # An ℓ2 radius may exceed the range of one feature (it spans all of them).
-    if clip is not None and norm == "linf" and eps_ > clip[1] - clip[0]:
-        raise ValueError(
-            f"Expected `eps` on the input scale, at most {clip[1] - clip[0]:g} for inputs in "
-            f"[{clip[0]:g}, {clip[1]:g}], got {eps_:g}; 8/255 ≈ 0.0314 is the usual radius, not 8."
-        )
-    return eps_
 
 
 def _check_names(attacks: Union[str, Sequence[str]]) -> Tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -34,7 +34,8 @@ class InstanceReweightedLoss(nn.Module):
             DistributedDataParallel) or ``"none"`` (with ``scale``; official MAIL code).
         scale: multiplies every weight.
         **scheme_params: the scheme's parameters, e.g. ``steps=10, lam=-1.0`` for GAIRAT or
-            ``slope=10.0, bias=-0.5`` for MAIL-AT.
+            ``slope=10.0, bias=-0.5`` for MAIL-AT; and ``space`` of the margin (see
+            :class:`~instance_reweight.InstanceWeighting`).
 
     Attributes:
         weighting: the :class:`~instance_reweight.InstanceWeighting`; ``active``, ``last_weights``,
@@ -130,7 +131,45 @@ class InstanceReweightedLoss(nn.Module):
         losses = check_losses(
             self.base_loss(*inputs), None if first is None else first.shape[0], "`base_loss`"
         )
+        if _backward_ran(losses):
+            raise ValueError(
+                "Expected `base_loss` to return per-example losses whose graph is intact, got losses "
+                "whose backward has already run (their saved tensors are freed): `base_loss` calls "
+                "`.backward()` itself; return the losses and call `.backward()` on this criterion's "
+                "result instead."
+            )
         return self.weighting._reduce(losses, kappa, margin)
 
     def extra_repr(self) -> str:
         return repr(self.weighting)
+
+
+def _backward_ran(losses: Tensor) -> bool:
+    """Whether a backward pass already ran through (and freed) the graph of ``losses``: probes the
+    saved tensors of its last 8 nodes, nearest first (a few microseconds, no synchronisation; the
+    base loss's own operations come first, the model's are deeper)."""
+    pending: List[Any] = [losses.grad_fn]
+    for _ in range(8):
+        node = pending.pop(0) if pending else None
+        if node is None:
+            return False
+        try:
+            for name in _saved_tensors(node):
+                getattr(node, name)
+        except RuntimeError:
+            return True
+        pending.extend(fn for fn, _ in node.next_functions if fn is not None)
+    return False
+
+
+_SAVED: Dict[type, Tuple[str, ...]] = {}
+"""The attributes of each autograd node type that hold saved tensors."""
+
+
+def _saved_tensors(node: Any) -> Tuple[str, ...]:
+    """The attributes of ``node`` that hold saved tensors: those with a raw form."""
+    kind = type(node)
+    if kind not in _SAVED:
+        names = dir(kind)
+        _SAVED[kind] = tuple(n for n in names if n.startswith("_saved_") and f"_raw{n}" in names)
+    return _SAVED[kind]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._checks import DeferredChecks, check_choice, check_labels, check_logits
+from ._checks import DeferredChecks, at_least_float32, check_choice, check_labels, check_logits
 
 __all__ = ["ProbabilisticMargin", "probabilistic_margin", "probabilistic_margin_dif"]
 
@@ -21,8 +21,17 @@ def _checked(y: Tensor, *logits: Tensor) -> None:
 
 
 def _scores(logits: Tensor, space: str) -> Tensor:
-    z = logits.detach().float()
+    """Probabilities or logits in the logits' own precision (at least float32): float64 logits
+    beyond float32's range are not turned into Inf before the softmax."""
+    z = at_least_float32(logits.detach())
     return z.softmax(dim=1) if space == "prob" else z
+
+
+def _float32(difference: Tensor) -> Tensor:
+    """A difference of scores as float32, saturated at float32's largest value: logits near that
+    limit give a margin of ±3.4e38, not ±Inf (a probability difference is never touched)."""
+    largest = torch.finfo(torch.float32).max
+    return difference.clamp(-largest, largest).float()
 
 
 def margin_of(logits: Tensor, y: Tensor, space: str = "prob") -> Tensor:
@@ -30,12 +39,12 @@ def margin_of(logits: Tensor, y: Tensor, space: str = "prob") -> Tensor:
     s = _scores(logits, space)
     true = s.gather(1, y[:, None]).squeeze(1)
     runner_up = s.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-    return true - runner_up
+    return _float32(true - runner_up)
 
 
 def margin_dif_of(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, space: str = "prob") -> Tensor:
     """PM_dif of checked logits and in-range labels (see :func:`margin_of`)."""
-    return (
+    return _float32(
         _scores(logits_nat, space).gather(1, y[:, None])
         - _scores(logits_adv, space).gather(1, y[:, None])
     ).squeeze(1)
@@ -58,7 +67,8 @@ def probabilistic_margin(logits: Tensor, y: Tensor, *, space: str = "prob") -> T
         space: ``"prob"`` (softmax probabilities) or ``"logit"``.
 
     Returns:
-        ``(N,)`` float32, detached; in ``[-1, 1]`` for ``space="prob"``, positive iff correct.
+        ``(N,)`` float32, detached, finite; in ``[-1, 1]`` for ``space="prob"``, positive iff
+        correct; a logit margin beyond float32's range saturates at ±3.4e38.
 
     Raises:
         ValueError: on shapes other than ``(N, C)``/``(N,)``, labels outside ``[0, C-1]``,

@@ -619,6 +619,21 @@ class Method:
             >>> loss.requires_grad, method.perturbing_weights
             (False, True)
         """
+        if not (
+            callable(getattr(optimizer, "zero_grad", None))
+            and callable(getattr(optimizer, "step", None))
+        ):
+            raise TypeError(
+                f"Expected `optimizer` to be an optimiser of the model's parameters (with `zero_grad` "
+                f"and `step`), got {type(optimizer).__name__}; pass e.g. "
+                "torch.optim.SGD(model.parameters(), lr=0.1), or step yourself inside "
+                "`with method.training_step(x, y) as loss:`."
+            )
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                "Expected `method.step` with gradients enabled, got it inside torch.no_grad() or "
+                "torch.inference_mode(); a training step backpropagates: call it outside that block."
+            )
         with self.training_step(x, y) as loss:
             optimizer.zero_grad()
             loss.backward()
@@ -828,6 +843,6 @@ def _awp(
     """AWP and its warm-up epochs for a method with AWP's hyper-parameters; ``(None, 0)`` without."""
     if "awp_gamma" not in params:
         return None, 0
-    gamma = check_number(params["awp_gamma"], "awp_gamma", minimum=0.0, strict=True)
+    gamma = check_number(params["awp_gamma"], "awp_gamma", minimum=0.0, maximum=1.0, strict=True)
     warmup = check_int(params["awp_warmup"], "awp_warmup", 0, " (0-based epoch)")
     return AdversarialWeightPerturbation(model, gamma=gamma), warmup

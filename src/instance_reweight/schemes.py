@@ -7,6 +7,7 @@ normalises their logarithms (they never underflow there).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_int, check_number
+from ._checks import at_least_float32, check_int, check_number
 
 __all__ = [
     "SCHEMES",
@@ -142,7 +143,8 @@ def _steps(value: Any) -> int:
 
 
 def _real(name: str, **bounds: Any) -> Callable[[Any], float]:
-    return lambda value: check_number(value, name, **bounds)
+    # A partial, not a lambda: a weighting that holds it pickles (multiprocessing, DDP spawn).
+    return functools.partial(check_number, name=name, **bounds)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ class Scheme:
         return {k: self.checks[k](v) for k, v in merged.items()}
 
     def log_weights(self, signal: Tensor, params: Mapping[str, Any]) -> Tensor:
-        """log ω of ``signal`` under ``params``, float32, without gradient."""
+        """log ω of ``signal`` under ``params``, without gradient: float32 (float64 where a callable
+        scheme returns float64)."""
         with torch.no_grad():
             return self.log_fn(signal, **params)
 
@@ -210,21 +213,28 @@ SCHEMES: Mapping[str, Scheme] = {
 """Every named scheme (aliases included), as used by ``InstanceWeighting(scheme=...)``."""
 
 
-def _log_of_callable(scheme: Callable[[Tensor], Any], name: str) -> Callable[[Tensor], Tensor]:
-    """log ω of a user's ``signal -> raw weights``: its output must be a real tensor (or sequence)."""
+@dataclass(frozen=True)
+class _LogOfCallable:
+    """log ω of a user's ``signal -> raw weights``: its output must be a real tensor (or sequence).
 
-    def log_fn(signal: Tensor) -> Tensor:
-        out = scheme(signal)
+    The logarithm is taken in the raw weights' own precision (at least float32): float64 weights
+    spanning more than float32's range keep their order rather than collapsing to uniform. A class,
+    not a closure, so that a weighting holding it pickles.
+    """
+
+    scheme: Callable[[Tensor], Any]
+    name: str
+
+    def __call__(self, signal: Tensor) -> Tensor:
+        out = self.scheme(signal)
         raw = out if isinstance(out, Tensor) else _as_tensor(out, signal.device)
         if raw is None or raw.dtype == torch.bool or raw.is_complex():
             raise TypeError(
-                f"Expected the callable scheme {name!r} to return raw weights as a real tensor of shape "
-                f"({signal.shape[0]},), got {_describe(out)}; return e.g. "
+                f"Expected the callable scheme {self.name!r} to return raw weights as a real tensor of "
+                f"shape ({signal.shape[0]},), got {_describe(out)}; return e.g. "
                 "`torch.ones(signal.shape[0])`."
             )
-        return raw.detach().to(device=signal.device, dtype=torch.float32).log()
-
-    return log_fn
+        return at_least_float32(raw.detach().to(signal.device)).log()
 
 
 def _as_tensor(value: object, device: torch.device) -> Optional[Tensor]:
@@ -254,7 +264,7 @@ def resolve_scheme(scheme: SchemeLike) -> Scheme:
         return SCHEMES[scheme]
     if callable(scheme):
         name = getattr(scheme, "__name__", type(scheme).__name__)
-        return Scheme(name, "any", _log_of_callable(scheme, name))
+        return Scheme(name, "any", _LogOfCallable(scheme, name))
     raise TypeError(
         f"Expected `scheme` to be a name or a callable signal -> weights, got {type(scheme).__name__}."
     )

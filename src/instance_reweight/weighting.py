@@ -29,6 +29,7 @@ from .schemes import Scheme, SchemeLike, resolve_scheme
 __all__ = ["InstanceWeighting", "instance_reweighted_loss", "instance_weights"]
 
 _NORMALIZE = ("batch", "global", "none")
+_SPACES = ("prob", "logit")
 
 
 def _pick_signal(
@@ -98,9 +99,15 @@ def _check_signal(
 
 
 def _queue_value_checks(
-    checks: DeferredChecks, scheme: Scheme, params: Dict[str, Any], name: str, signal: Tensor
+    checks: DeferredChecks,
+    scheme: Scheme,
+    params: Dict[str, Any],
+    space: str,
+    name: str,
+    signal: Tensor,
 ) -> None:
-    """κ within ``[0, steps]`` (the scheme and the attack share K), PM finite: one device flag each."""
+    """κ within ``[0, steps]`` (the scheme and the attack share K); PM finite, and within
+    ``[-1, 1]`` in probability space: one device flag each."""
     if name == "margin":
         checks.add(
             torch.isfinite(signal).all(),
@@ -109,6 +116,15 @@ def _queue_value_checks(
                 "finite (a diverged model, or inputs on the wrong scale)."
             ),
         )
+        if space == "prob":
+            checks.add(
+                ((signal >= -1) & (signal <= 1)).all(),
+                lambda: fail(
+                    "Expected `margin` in [-1, 1] (a probabilistic margin, space='prob'), got values "
+                    f"in [{float(signal.min()):.4g}, {float(signal.max()):.4g}]; pass "
+                    "ir.probabilistic_margin(logits, y), or space='logit' for a margin on raw logits."
+                ),
+            )
         return
     steps = params.get("steps")
     top = torch.iinfo(torch.int64).max if steps is None else steps
@@ -126,6 +142,8 @@ def _normalise(log_w: Tensor, normalize: str, scale: float) -> Tensor:
     r"""The weights ``w`` from log ω, without overflow: ``N·softmax(log ω)`` for ``"batch"``.
 
     Where Σω is 0, infinite or NaN the same formulas run with ω = 1 (uniform weights), never NaN.
+    ``scale`` multiplies in the precision of the computation, before the float32 result: a scale
+    beyond float32's range meets no weight that underflowed to 0 there (0·∞ = NaN).
     """
     n = factor = log_w.shape[0]
     lse = torch.logsumexp(log_w.double(), 0)
@@ -135,12 +153,12 @@ def _normalise(log_w: Tensor, normalize: str, scale: float) -> Tensor:
         lse, count = global_logsumexp(lse, n)
         factor = world_size() * n  # DDP averages the W local losses: W·Σ_local ωℓ / Σ_global ω each
     fallback = ~torch.isfinite(lse)
-    if normalize == "none":
+    if normalize == "none":  # in the raw weights' precision, as the official MAIL code's 3·ω
         weights = torch.where(fallback, torch.ones_like(log_w), log_w.exp())
     else:
         shifted = (log_w.double() - torch.where(fallback, 0.0, lse)).exp()
-        weights = torch.where(fallback, factor / count, factor * shifted).float()
-    return weights * scale if scale != 1.0 else weights
+        weights = torch.where(fallback, factor / count, factor * shifted)
+    return (weights * scale if scale != 1.0 else weights).float()
 
 
 class InstanceWeighting:
@@ -169,6 +187,9 @@ class InstanceWeighting:
         normalize: ``"batch"`` (both papers), ``"global"`` or ``"none"`` (with ``scale``; the
             official MAIL code uses ``scale=3``).
         scale: multiplies every weight (> 0).
+        space: the space of ``margin``: ``"prob"`` (PM, checked to lie in [−1, 1]) or ``"logit"``
+            (:func:`~instance_reweight.probabilistic_margin` with ``space="logit"``, MAIL Table 5's
+            multi-class margin; any finite value). Only for schemes that read ``margin``.
         **scheme_params: the scheme's parameters, e.g. ``steps=10, lam=-1.0`` (GAIRAT) or
             ``slope=10.0, bias=-0.5`` (MAIL-AT); each is also an attribute (``weighting.lam = -2.0``),
             checked on assignment.
@@ -184,8 +205,9 @@ class InstanceWeighting:
 
     Raises:
         ValueError: on an unknown scheme, parameter or normalisation, a signal the scheme does not
-            read, a signal of the wrong shape or device, κ outside ``[0, steps]``, a NaN margin, or a
-            callable scheme that returns NaN or negative weights.
+            read, a signal of the wrong shape or device, κ outside ``[0, steps]``, a NaN margin, a
+            margin outside [−1, 1] with ``space="prob"``, or a callable scheme that returns NaN or
+            negative weights.
         TypeError: on a float ``kappa``, an integer ``margin``, a callable scheme that does not return
             numbers, or a parameter of the wrong type.
 
@@ -200,7 +222,7 @@ class InstanceWeighting:
         InstanceWeighting(scheme='gairat', normalize='batch', steps=10, lam=inf, active=True)
     """
 
-    __slots__ = ("_scheme", "_normalize", "_scale", "_params", "_active", "last_weights")
+    __slots__ = ("_scheme", "_normalize", "_scale", "_space", "_params", "_active", "last_weights")
 
     def __init__(
         self,
@@ -208,11 +230,18 @@ class InstanceWeighting:
         *,
         normalize: str = "batch",
         scale: float = 1.0,
+        space: str = "prob",
         **scheme_params: Any,
     ) -> None:
         self._scheme = resolve_scheme(scheme)
         self._normalize = check_choice(normalize, "normalize", _NORMALIZE)
         self._scale = check_number(scale, "scale", minimum=0.0, strict=True)
+        self._space = check_choice(space, "space", _SPACES)
+        if self._space != "prob" and self._scheme.signal == "kappa":
+            raise ValueError(
+                f"Expected space='prob' (the default) for scheme {self._scheme.name!r}, which reads "
+                f"`kappa`, got {space!r}; `space` is the space of a `margin` signal."
+            )
         self._params = self._scheme.params(scheme_params)
         self._active = True
         self.last_weights: Optional[Tensor] = None
@@ -231,6 +260,11 @@ class InstanceWeighting:
     def scale(self) -> float:
         """The factor on every weight."""
         return self._scale
+
+    @property
+    def space(self) -> str:
+        """The space of ``margin``: ``"prob"`` (checked to lie in [−1, 1]) or ``"logit"``."""
+        return self._space
 
     @property
     def active(self) -> bool:
@@ -321,7 +355,7 @@ class InstanceWeighting:
             signal = _check_signal(name, signal, n, device)
             n, device = signal.shape[0], signal.device
             if not trusted:
-                _queue_value_checks(checks, self._scheme, self._params, name, signal)
+                _queue_value_checks(checks, self._scheme, self._params, self._space, name, signal)
         if n is None or (signal is None and self._scheme.signal is not None and self._active):
             raise ValueError(_missing_signal(self._scheme, sized=n is None))
         if not self._active:
@@ -353,9 +387,10 @@ class InstanceWeighting:
     def __repr__(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self._params.items())
         scale = f", scale={self._scale:g}" if self._scale != 1.0 else ""
+        space = f", space={self._space!r}" if self._space != "prob" else ""
         return (
             f"{type(self).__name__}(scheme={self._scheme.name!r}, normalize={self._normalize!r}{scale}"
-            f"{params}, active={self._active})"
+            f"{space}{params}, active={self._active})"
         )
 
 
