@@ -11,6 +11,7 @@ from typing import Callable, List, Optional, Tuple, Type
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import instance_reweight as ir
@@ -124,6 +125,12 @@ CASES: List[Case] = [
     ("Inputs", "labels out of range", ValueError, lambda: _attack()(_x(), torch.tensor([0, 3]))),
     ("Inputs", "labels of the wrong shape", ValueError, lambda: _attack()(_x(), _y()[:, None])),
     ("Inputs", "labels of a float dtype", TypeError, lambda: _attack()(_x(), _y().float())),
+    (
+        "Inputs",
+        "a `generator` that is not a torch.Generator",
+        TypeError,
+        lambda: _attack(generator=0),
+    ),
     (
         "Inputs",
         "labels out of range, with `steps=0`",
@@ -483,6 +490,24 @@ CASES: List[Case] = [
         lambda: ir.InstanceReweightedSampler(4.5),
     ),
     ("Methods", "an unknown method", ValueError, lambda: ir.methods.get("pgd-at", nn.Linear(4, 3))),
+    (
+        "Methods",
+        "a near miss of a method's name",
+        ValueError,
+        lambda: ir.methods.get("mail_at", nn.Linear(4, 3)),
+    ),
+    (
+        "Methods",
+        "a `base_loss` that reduces over the batch",
+        ValueError,
+        lambda: ir.methods.get("gairat", nn.Linear(4, 3), base_loss=nn.CrossEntropyLoss()),
+    ),
+    (
+        "Methods",
+        "a `base_loss` that returns a scalar",
+        ValueError,
+        lambda: ir.methods.get("at", nn.Linear(4, 3), base_loss=F.cross_entropy).loss(_x(), _y()),
+    ),
     (
         "Methods",
         "a method name that is not a string",

@@ -43,10 +43,10 @@ def test_no_burn_in_reweights_from_the_start():
 
 def test_fixed_lam_is_set_when_active():
     criterion = _criterion()
-    scheduler = ir.BurnInScheduler(criterion, burn_in_epochs=3, lam=0.0)
-    assert criterion.scheme_params["lam"] == -1.0  # untouched during burn-in
+    scheduler = ir.BurnInScheduler(criterion, burn_in_epochs=3, lam=-2.0)
+    assert criterion.scheme_params["lam"] == 0.0  # the scheme's default, untouched during burn-in
     scheduler.step(3)
-    assert criterion.scheme_params["lam"] == 0.0
+    assert criterion.scheme_params["lam"] == -2.0
 
 
 def test_piecewise_lam_schedule_as_intended():

@@ -7,8 +7,9 @@ need tensor values are gathered by :class:`DeferredChecks` and read with one hos
 
 from __future__ import annotations
 
+import difflib
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -336,6 +337,65 @@ def check_choice(value: object, name: str, choices: Tuple[str, ...], alternative
     if value not in choices:
         raise ValueError(f"Expected `{name}` to be one of {valid}, got {value!r}.")
     return value
+
+
+def check_base_loss(base_loss: object) -> Callable[..., Tensor]:
+    """A callable per-example loss: not a torch loss that reduces over the batch."""
+    if not callable(base_loss):
+        raise TypeError(f"Expected `base_loss` to be callable, got {_type_name(base_loss)}.")
+    reduction = getattr(base_loss, "reduction", "none")
+    if reduction != "none":
+        raise ValueError(
+            f"Expected `base_loss` to return one loss per example, got a loss with reduction={reduction!r}; "
+            f"build it with reduction='none', e.g. {_type_name(base_loss)}(reduction='none')."
+        )
+    return base_loss
+
+
+def check_generator(generator: object) -> Optional[torch.Generator]:
+    """A :class:`torch.Generator` or ``None`` (torch's global generator)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"Expected `generator` to be a torch.Generator or None, got {_type_name(generator)}; "
+            "pass e.g. torch.Generator().manual_seed(0)."
+        )
+    return generator
+
+
+def check_generator_device(generator: torch.Generator, device: torch.device) -> None:
+    """The generator draws on ``device`` (a CPU generator cannot draw CUDA tensors, nor the reverse)."""
+    g = generator.device
+    if g.type != device.type or None not in (g.index, device.index) and g.index != device.index:
+        raise ValueError(
+            f"Expected `generator` on the inputs' device {device}, got a generator on "
+            f"{generator.device}; create it with torch.Generator(device={str(device)!r})."
+        )
+
+
+def check_name(value: object, name: str, names: Iterable[str], alternative: str = "") -> str:
+    """One of ``names``, matched without regard to case, returned as spelt in ``names``; a near miss
+    is answered with "did you mean …?" (:func:`difflib.get_close_matches`).
+
+    Example:
+        >>> check_name("GAIRAT", "name", ("at", "gairat"))
+        'gairat'
+        >>> check_name("mail_at", "name", ("mail-at", "mail-trades"))
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `name` to be one of 'mail-at', 'mail-trades', got 'mail_at'; did you mean 'mail-at'?
+    """
+    choices = tuple(names)
+    valid = ", ".join(map(repr, choices)) + (f" or {alternative}" if alternative else "")
+    if not isinstance(value, str):
+        raise TypeError(
+            f"Expected `{name}` to be one of {valid}, got {_type_name(value)} {value!r}."
+        )
+    by_case = {c.casefold(): c for c in choices}
+    if value.casefold() in by_case:
+        return by_case[value.casefold()]
+    close = difflib.get_close_matches(value.casefold(), list(by_case), n=1)
+    hint = f"; did you mean {by_case[close[0]]!r}?" if close else "."
+    raise ValueError(f"Expected `{name}` to be one of {valid}, got {value!r}{hint}")
 
 
 def at_least_float32(t: Tensor) -> Tensor:

@@ -17,6 +17,8 @@ from ._checks import (
     check_clip,
     check_eps,
     check_finite,
+    check_generator,
+    check_generator_device,
     check_int,
     check_labels,
     check_logits,
@@ -114,7 +116,8 @@ class GeometryAwareAttack:
         model: classifier returning logits ``(N, C)``; a ``DistributedDataParallel`` model is
             attacked through its ``.module`` (no gradient synchronisation during the attack).
         eps: radius ε of the ``norm`` ball (``0`` gives κ of the natural point only).
-        step_size: step α (a length in the ``norm``).
+        step_size: step α (a length in the ``norm``): the papers' "step size", torchattacks'
+            ``alpha``.
         steps: number of steps K (``0`` returns the start point and κ = 0).
         loss: ``"ce"`` (AT, GAIRAT, MART, MAIL-AT), ``"kl"`` (TRADES: KL between natural and
             adversarial predictions, natural probabilities computed once), ``"cw"`` (CW margin,
@@ -127,6 +130,10 @@ class GeometryAwareAttack:
             plain PGD.
         clip: ``(low, high)`` box for the inputs, ``None`` for inputs that are not images.
         norm: the threat model, ``"linf"`` (both papers) or ``"l2"`` (RobustBench's ℓ2 track, ε = 0.5).
+        generator: the :class:`torch.Generator` of the random start, on the inputs' device, as
+            torch's own random functions take one; ``None``: torch's global generator. With a
+            generator seeded the same way, an attack repeats itself without touching the global
+            seed.
 
     Shape:
         - x: ``(N, *)`` floating point, inside ``clip``.
@@ -162,6 +169,7 @@ class GeometryAwareAttack:
         tau: Union[int, Tensor, None] = None,
         clip: Optional[Tuple[float, float]] = (0.0, 1.0),
         norm: str = "linf",
+        generator: Optional[torch.Generator] = None,
     ) -> None:
         check_model(model)
         # The attack needs no gradient synchronisation: run DDP's wrapped module directly.
@@ -180,6 +188,7 @@ class GeometryAwareAttack:
             check_choice(random_start, "random_start", _STARTS, alternative="None")
         self.random_start = random_start
         self.tau = tau
+        self.generator = check_generator(generator)
 
     @property
     def tau(self) -> Union[int, Tensor, None]:
@@ -230,6 +239,8 @@ class GeometryAwareAttack:
                 f"Expected `x` to be a floating-point tensor (N, *), got {x.dtype} of shape {tuple(x.shape)}; "
                 "convert uint8 images with `x.float() / 255`."
             )
+        if self.generator is not None and self.random_start is not None:
+            check_generator_device(self.generator, x.device)
         param = next(self.model.parameters(), None)
         if param is not None and param.device != x.device:
             raise ValueError(
@@ -254,17 +265,18 @@ class GeometryAwareAttack:
             )
 
     def _start(self, x: Tensor) -> Tensor:
+        g = self.generator  # None: torch's global generator
         if self.random_start == "uniform" and self.norm == "l2":
             # Uniform in the ball: a uniform direction, and a radius ε·U^(1/d) (d features).
-            radius = self.eps * torch.rand(x.shape[0], dtype=x.dtype, device=x.device).pow(
-                1 / max(math.prod(x.shape[1:]), 1)
-            )
-            offset = _expand(radius, x) * _unit(torch.randn_like(x))
+            u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device, generator=g)
+            radius = self.eps * u.pow(1 / max(math.prod(x.shape[1:]), 1))
+            offset = _expand(radius, x) * _unit(torch.empty_like(x).normal_(generator=g))
             return _toward(self._clip(at_least_float32(x) + offset), x)
         if self.random_start == "uniform":
-            return self._project(x + torch.empty_like(x).uniform_(-self.eps, self.eps), x)
+            noise = torch.empty_like(x).uniform_(-self.eps, self.eps, generator=g)
+            return self._project(x + noise, x)
         if self.random_start == "normal":
-            return x + 0.001 * torch.randn_like(x)
+            return x + 0.001 * torch.empty_like(x).normal_(generator=g)
         return x.clone()
 
     def _clip(self, x: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
-from ._checks import check_losses
+from ._checks import check_base_loss, check_losses
 from .schemes import Scheme, SchemeLike
 from .weighting import InstanceWeighting
 
@@ -74,14 +74,7 @@ class InstanceReweightedLoss(nn.Module):
         **scheme_params: Any,
     ) -> None:
         super().__init__()
-        if not callable(base_loss):
-            raise TypeError(f"Expected `base_loss` to be callable, got {type(base_loss).__name__}.")
-        reduction = getattr(base_loss, "reduction", "none")
-        if reduction != "none":
-            raise ValueError(
-                f"Expected `base_loss` to return one loss per example, got a loss with reduction={reduction!r}; "
-                f"build it with reduction='none', e.g. {type(base_loss).__name__}(reduction='none')."
-            )
+        check_base_loss(base_loss)
         if isinstance(scheme, InstanceWeighting):
             if scheme_params or normalize != "batch" or scale != 1.0:
                 raise ValueError(

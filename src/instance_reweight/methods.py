@@ -70,9 +70,13 @@ from torch import Tensor, nn
 from ._checks import (
     DeferredChecks,
     at_least_float32,
+    check_base_loss,
     check_choice,
+    check_generator,
     check_int,
     check_logits,
+    check_losses,
+    check_name,
     check_number,
 )
 from .attack import AttackOutput, GeometryAwareAttack
@@ -120,28 +124,40 @@ class Factor(enum.Enum):
 
 
 class _Batch(NamedTuple):
-    """What a loss term reads: the logits of each forward by name, the labels and β."""
+    """What a loss term reads: the logits of each forward by name, the labels, β and the user's
+    per-example loss ℓ in place of CE (``None``: CE)."""
 
     logits: Mapping[str, Tensor]
     y: Tensor
     beta: float
+    loss: Optional[Callable[[Tensor, Tensor], Tensor]] = None
 
 
 def _ce(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(at_least_float32(logits), y, reduction="none")
 
 
+def _classification(b: _Batch, forward: str) -> Tensor:
+    """ℓ(f(·), y) of one forward: CE, or the user's ``base_loss`` on the logits (at least float32)."""
+    logits = b.logits[forward]
+    if b.loss is None:
+        return _ce(logits, b.y)
+    return check_losses(b.loss(at_least_float32(logits), b.y), logits.shape[0], "`base_loss`")
+
+
 def _ce_nat(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
-    return _ce(b.logits["nat"], b.y)
+    return _classification(b, "nat")
 
 
 def _ce_adv(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
-    return _ce(b.logits["adv"], b.y)
+    return _classification(b, "adv")
 
 
 def _boost(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
-    """MART's BCE − CE, the CE being the CE(x_adv) term just computed (one graph for both)."""
-    return boosted_ce(b.logits["adv"], b.y) - earlier[Term.CE_ADV]
+    """MART's BCE − CE = −log(1 − max_{k≠y} p_k(x_adv)); with CE as ℓ, the CE is the CE(x_adv) term
+    just computed (one graph for both)."""
+    ce = earlier[Term.CE_ADV] if b.loss is None else _ce(b.logits["adv"], b.y)
+    return boosted_ce(b.logits["adv"], b.y) - ce
 
 
 def _kl(b: _Batch, earlier: Mapping[Term, Tensor]) -> Tensor:
@@ -348,15 +364,31 @@ def names() -> Tuple[str, ...]:
     return tuple(_METHODS)
 
 
-def get(name: str, model: nn.Module, *, variant: str = "paper", **overrides: Any) -> Method:
+def get(
+    name: str,
+    model: nn.Module,
+    *,
+    variant: str = "paper",
+    base_loss: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    generator: Optional[torch.Generator] = None,
+    **overrides: Any,
+) -> Method:
     """A method of either paper by name, bound to ``model``, with the papers' defaults.
 
     Args:
-        name: one of :func:`names`.
+        name: one of :func:`names`, in any case (``"MAIL-AT"`` is ``"mail-at"``); a near miss is
+            answered with "did you mean …?".
         model: the classifier being trained, returning logits ``(N, C)``.
         variant: ``"paper"`` (the papers' equations) or ``"official"`` (the official code's objective,
             forwards or attack mode, for ``gair-trades``, ``trades``, the MAIL and the AWP methods;
             see the module docstring).
+        base_loss: the per-example classification loss ℓ(f(·), y), ``(logits, y) -> (N,)`` (e.g.
+            ``nn.CrossEntropyLoss(reduction="none", label_smoothing=0.1)``), in place of CE wherever
+            the training objective has CE: the terms CE(x) and CE(x_adv), and the CE part of MART's
+            BCE = CE − log(1 − max_{k≠y} p_k). ``None``: CE. It changes neither the attack (pass
+            ``attack_loss=`` for that), nor the KL terms, nor the signal (κ, PM) of the weight.
+        generator: the :class:`torch.Generator` of the attacks' random starts (see
+            :class:`~instance_reweight.GeometryAwareAttack`); ``None``: torch's global generator.
         **overrides: any hyper-parameter of the method (see :class:`Method`).
 
     Returns:
@@ -372,16 +404,15 @@ def get(name: str, model: nn.Module, *, variant: str = "paper", **overrides: Any
         >>> method.params["burn_in_epochs"], method.params["eps"] == 8 / 255
         (30, True)
     """
-    check_choice(name, "name", names())
+    name = check_name(name, "name", names())
     check_choice(variant, "variant", _VARIANTS)
     if variant == "official" and name not in _OFFICIAL:
         raise ValueError(
             f"Expected variant='paper' for {name!r}, got 'official': only {', '.join(map(repr, _OFFICIAL))} "
             "have an official-code variant."
         )
-    return Method(
-        name, model, _OFFICIAL[name] if variant == "official" else _METHODS[name], overrides
-    )
+    definition = _OFFICIAL[name] if variant == "official" else _METHODS[name]
+    return Method(name, model, definition, overrides, base_loss=base_loss, generator=generator)
 
 
 class Method:
@@ -401,7 +432,8 @@ class Method:
 
     Hyper-parameters (every one a keyword of :func:`get`; those a method does not use are rejected):
 
-    - ``eps``, ``step_size``, ``steps`` (K, also the GAIRAT schemes' K), ``attack_loss``
+    - ``eps``, ``step_size`` (the papers' step size α; torchattacks calls it ``alpha``), ``steps``
+      (K, also the GAIRAT schemes' K: one number for both), ``attack_loss``
       (``"ce"``, ``"kl"``, ``"cw"`` or a callable), ``random_start``, ``clip``: the attack.
     - ``tau``: FAT's early-stop budget, an int or a callable ``epoch -> τ`` (``fat``, ``gair-fat``).
     - ``beta``: the TRADES / MART trade-off.
@@ -426,11 +458,14 @@ class Method:
         model: the classifier being trained.
         definition: its :class:`Definition`.
         overrides: hyper-parameters that replace the definition's defaults.
+        base_loss: the per-example loss ℓ in place of CE (see :func:`get`); ``None``: CE.
+        generator: the generator of the attacks' random starts; ``None``: torch's global one.
 
     Attributes:
         name: the method's name.
         definition: its :class:`Definition`.
         params: every hyper-parameter, defaults and overrides merged.
+        base_loss: the per-example loss ℓ in place of CE, or ``None`` (CE).
         attack: the :class:`~instance_reweight.GeometryAwareAttack`.
         weighting: the :class:`~instance_reweight.InstanceWeighting` of the weighted terms, or
             ``None`` for a method without reweighting.
@@ -456,9 +491,17 @@ class Method:
     """
 
     def __init__(
-        self, name: str, model: nn.Module, definition: Definition, overrides: Mapping[str, Any]
+        self,
+        name: str,
+        model: nn.Module,
+        definition: Definition,
+        overrides: Mapping[str, Any],
+        *,
+        base_loss: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+        generator: Optional[torch.Generator] = None,
     ) -> None:
         params, scheme = _hyper_parameters(name, definition, overrides)
+        self.base_loss = None if base_loss is None else check_base_loss(base_loss)
         self.name = name
         self.model = model
         self.definition = definition
@@ -470,7 +513,7 @@ class Method:
         # without gradient.
         self._weight_only = frozenset(self._pm_reads) - set(definition.forwards)
         self._forwards = tuple(f for f in _FORWARDS if f in self._weight_only) + definition.forwards
-        self.attack, self._cw_attack = _attacks(model, definition, params)
+        self.attack, self._cw_attack = _attacks(model, definition, params, check_generator(generator))
         self.weighted_terms = definition.weighted
         self.weighting, self.burn_in = _weighting(name, definition, scheme, params, overrides)
         self.awp, self._awp_warmup = _awp(model, params)
@@ -680,7 +723,7 @@ class Method:
         # The attack checks the labels with the step's one synchronisation; until then clamped
         # labels keep every term defined (no device-side assert on a GPU).
         y = y.long().clamp(0, logits["adv"].shape[1] - 1)
-        terms = self._terms(_Batch(logits, y, self._beta))
+        terms = self._terms(_Batch(logits, y, self._beta, self.base_loss))
         if weights is None:
             self.last_signal = self._signal(kappa, logits, y, checks)
             weights = self._weights(x.shape[0], logits["adv"].device, checks)
@@ -774,11 +817,15 @@ def _hyper_parameters(
 
 
 def _attacks(
-    model: nn.Module, definition: Definition, params: Mapping[str, Any]
+    model: nn.Module,
+    definition: Definition,
+    params: Mapping[str, Any],
+    generator: Optional[torch.Generator],
 ) -> Tuple[GeometryAwareAttack, Optional[GeometryAwareAttack]]:
     """The method's attack, and the CW attack of x_cw where the definition has that forward."""
     tau = params.get("tau")
     threat = {k: params[k] for k in ("eps", "step_size", "steps", "random_start", "clip", "norm")}
+    threat["generator"] = generator
     attack = (_TrainModeAttack if definition.attack_mode == "train" else GeometryAwareAttack)(
         model,
         loss=params["attack_loss"],

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import at_least_float32, check_int, check_number
+from ._checks import at_least_float32, check_int, check_name, check_number
 
 __all__ = [
     "SCHEMES",
@@ -184,16 +184,19 @@ class Scheme:
 _KAPPA_CHECKS = {"steps": _steps, "lam": _real("lam", allow_inf=True)}
 _MARGIN_CHECKS = {"slope": _real("slope", minimum=0.0), "bias": _real("bias")}
 
-# Defaults: GAIRAT's official code (K = 10, λ = −1); MAIL-AT for the sigmoid (γ = 10, β = −0.5);
-# MAIL-TRADES, where Table 6 ran, for the hinge and step (γ = 2, β = 0, α = 0.2).
-_GAIRAT = Scheme("gairat", "kappa", _log_gairat_tanh, {"steps": 10, "lam": -1.0}, _KAPPA_CHECKS)
+# One rule for every default: a scheme's defaults are those of the method of :mod:`.methods` that
+# introduced it, as its paper states them, so that a scheme and that method agree. GAIRAT Table 1 for
+# the GAIRAT schemes (K = 10, λ = 0; ``gair-trades`` and ``gair-mart`` take λ = −1, the official
+# code's default, as their recipes); MAIL-AT for the sigmoid (γ = 10, β = −0.5); MAIL-TRADES, where
+# Table 6 ran, for the hinge and step (γ = 2, β = 0, α = 0.2).
+_GAIRAT = Scheme("gairat", "kappa", _log_gairat_tanh, {"steps": 10, "lam": 0.0}, _KAPPA_CHECKS)
 _MAIL = Scheme("mail", "margin", _log_mail_sigmoid, {"slope": 10.0, "bias": -0.5}, _MARGIN_CHECKS)
 
 SCHEMES: Mapping[str, Scheme] = {
     "gairat": _GAIRAT,
     "gairat-tanh": _GAIRAT,
     "gairat-sigmoid": Scheme(
-        "gairat-sigmoid", "kappa", _log_gairat_sigmoid, {"steps": 10, "lam": -1.0}, _KAPPA_CHECKS
+        "gairat-sigmoid", "kappa", _log_gairat_sigmoid, {"steps": 10, "lam": 0.0}, _KAPPA_CHECKS
     ),
     "gairat-linear": Scheme(
         "gairat-linear", "kappa", _log_gairat_linear, {"steps": 10}, _KAPPA_CHECKS
@@ -250,18 +253,15 @@ def _describe(value: object) -> str:
 
 
 def resolve_scheme(scheme: SchemeLike) -> Scheme:
-    """A :class:`Scheme` from its name or from a callable ``signal -> raw weights``.
+    """A :class:`Scheme` from its name (any case; a near miss is answered with "did you mean …?")
+    or from a callable ``signal -> raw weights``.
 
     Example:
         >>> resolve_scheme("gairat-tanh").signal
         'kappa'
     """
     if isinstance(scheme, str):
-        if scheme not in SCHEMES:
-            raise ValueError(
-                f"Expected `scheme` to be one of {', '.join(map(repr, SCHEMES))} or a callable, got {scheme!r}."
-            )
-        return SCHEMES[scheme]
+        return SCHEMES[check_name(scheme, "scheme", SCHEMES, alternative="a callable")]
     if callable(scheme):
         name = getattr(scheme, "__name__", type(scheme).__name__)
         return Scheme(name, "any", _LogOfCallable(scheme, name))
