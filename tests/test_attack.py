@@ -592,3 +592,59 @@ def test_lazy_and_meta_models_and_meta_inputs_are_refused_with_the_fix():
         ir.GeometryAwareAttack(nn.Linear(3, 2).to("meta"), eps=0.1, step_size=0.02, steps=2)
     with pytest.raises(ValueError, match="`x` with data"):
         _bad_call(nn.Linear(3, 2), torch.rand(4, 3, device="meta"), torch.zeros(4).long())
+
+
+@pytest.mark.parametrize(
+    "random_start,norm", [("uniform", "linf"), ("uniform", "l2"), ("normal", "linf")]
+)
+def test_a_generator_repeats_the_random_start_and_leaves_the_global_rng_alone(random_start, norm):
+    """As torch's random functions take one: same seed, same x_adv and κ; torch's global RNG untouched."""
+    model = _mlp()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(16, 6, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 4, (16,), generator=g)
+    eps = 0.5 if norm == "l2" else 0.1
+
+    def run(seed):
+        attack = ir.GeometryAwareAttack(
+            model, eps=eps, step_size=eps / 4, steps=0, random_start=random_start, norm=norm,
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        state = torch.get_rng_state()
+        out = attack(x, y)
+        assert torch.equal(torch.get_rng_state(), state)
+        return out.adv
+
+    first, again, other = run(0), run(0), run(1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # The same draws as the global generator at the same seed: only the source of randomness moves.
+    torch.manual_seed(0)
+    global_start = ir.GeometryAwareAttack(
+        model, eps=eps, step_size=eps / 4, steps=0, random_start=random_start, norm=norm
+    )(x, y).adv
+    assert torch.equal(first, global_start)
+
+
+def test_a_generator_on_another_device_than_the_inputs_is_refused():
+    from instance_reweight._checks import check_generator_device
+
+    with pytest.raises(ValueError, match=r"Expected `generator` on the inputs' device cuda:0, got"):
+        check_generator_device(torch.Generator(), torch.device("cuda:0"))
+    check_generator_device(torch.Generator(), torch.device("cpu"))  # no error
+    with pytest.raises(TypeError, match="Expected `generator` to be a torch.Generator or None"):
+        ir.GeometryAwareAttack(_mlp(), eps=0.1, step_size=0.05, steps=1, generator=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_cpu_generator_for_cuda_inputs_is_refused_before_the_attack():
+    model = _mlp().cuda()
+    attack = ir.GeometryAwareAttack(
+        model, eps=0.1, step_size=0.05, steps=1, generator=torch.Generator()
+    )
+    x, y = torch.rand(2, 6, dtype=torch.float64).cuda(), torch.tensor([0, 1]).cuda()
+    with pytest.raises(ValueError, match=r"torch\.Generator\(device='cuda:0'\)"):
+        attack(x, y)
+    attack.generator = torch.Generator(device="cuda").manual_seed(0)
+    first = attack(x, y).adv
+    attack.generator.manual_seed(0)
+    assert torch.equal(first, attack(x, y).adv)

@@ -579,3 +579,115 @@ def test_a_new_recipe_is_one_entry_and_a_bad_one_fails_at_definition():
         methods.Definition(base.attack, ("adv",), {methods.Term.CE_ADV: methods.Factor.W})
     with pytest.raises(ValueError, match="Expected a signal exactly when a term carries w"):
         methods.Definition(base.attack, ("adv",), base.terms, "kappa")
+
+
+# --- One API across the pieces: the user's loss, names, defaults, generators -------------------------------
+
+SMOOTHING = 0.2
+
+
+def smoothed_ce(logits, y):
+    """ℓ(z, y) = (1 − s)·CE(z, y) + s·mean_k(−log p_k): label smoothing, from the definition."""
+    out = []
+    for row, label in zip(logits.tolist(), y.tolist()):
+        log_p = [math.log(p) for p in _softmax(row)]
+        out.append(-(1 - SMOOTHING) * log_p[label] - SMOOTHING * sum(log_p) / len(log_p))
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,objective,term",
+    WEIGHTED + [("at", "at", "none"), ("trades", "trades", "none"), ("mart", "mart", "none")],
+)
+def test_base_loss_replaces_the_classification_loss_wherever_the_objective_has_ce(
+    name, objective, term
+):
+    """ℓ in place of CE(x) and CE(x_adv), and of the CE part of MART's BCE = CE + boost; the KL
+    terms, the attack and the weight's signal unchanged."""
+    model = make_model(torch.float64, gain=8.0)
+    x, y = make_batch(torch.float64)
+    base_loss = nn.CrossEntropyLoss(reduction="none", label_smoothing=SMOOTHING)
+    options = {k: v for k, v in ATTACK.items() if term != "none" or k != "burn_in_epochs"}
+    method = methods.get(name, model, base_loss=base_loss, **options)
+    assert method.base_loss is base_loss
+    _, _, kappa, logits_nat, logits_adv = reference(method, x, y)
+    t = per_example_terms(logits_nat, logits_adv, y)
+    boost = [b - c for b, c in zip(t["bce"], t["ce_adv"])]
+    omega = raw_weights(method, kappa, t["pm_adv"]) if method.weighting else [1.0] * len(kappa)
+    w = [len(omega) * o / sum(omega) for o in omega]
+    t["ce_nat"], t["ce_adv"] = smoothed_ce(logits_nat, y), smoothed_ce(logits_adv, y)
+    t["bce"] = [c + b for c, b in zip(t["ce_adv"], boost)]
+    expected = placements(t, w, method.params.get("beta", 0.0))[objective][term]
+    plain = methods.get(name, copy.deepcopy(model), **options).loss(x, y).item()
+    assert abs(expected - plain) > 1e-3  # the user's loss changes the objective
+    assert method.loss(x, y).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_base_loss_is_refused_when_it_reduces_or_is_not_callable():
+    with pytest.raises(ValueError, match="reduction='mean'; build it with reduction='none'"):
+        methods.get("gairat", make_model(), base_loss=nn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match="Expected `base_loss` to be callable, got str"):
+        methods.get("gairat", make_model(), base_loss="ce")
+    x, y = make_batch()
+    method = methods.get("at", make_model(), base_loss=lambda z, t: z.sum(), steps=1)
+    with pytest.raises(ValueError, match="Expected `base_loss` to return one loss per example"):
+        method.loss(x, y)
+
+
+def test_names_are_case_insensitive_and_near_misses_get_a_suggestion():
+    model = make_model()
+    assert methods.get("MAIL-AT", model).name == "mail-at"
+    assert methods.get("Gair-Trades", model, variant="official").name == "gair-trades"
+    assert methods.get("gairat", model, scheme="GAIRAT-Sigmoid").weighting.scheme.name == (
+        "gairat-sigmoid"
+    )
+    with pytest.raises(ValueError, match="got 'mail_trades'; did you mean 'mail-trades'\\?"):
+        methods.get("mail_trades", model)
+    with pytest.raises(ValueError, match="got 'gairat_linear'; did you mean 'gairat-linear'\\?"):
+        methods.get("gairat", model, scheme="gairat_linear")
+    with pytest.raises(ValueError, match="got 'pgd'\\.$"):  # nothing close: no suggestion
+        methods.get("pgd", model)
+
+
+def test_a_scheme_and_the_method_that_introduced_it_share_their_defaults():
+    """The one rule: a scheme's defaults are its method's (GAIRAT Table 1's λ = 0, MAIL-AT's γ, β)."""
+    from instance_reweight import InstanceReweightedLoss, InstanceWeighting
+
+    for scheme, method in (("gairat", "gairat"), ("mail", "mail-at")):
+        loss = InstanceReweightedLoss(nn.CrossEntropyLoss(reduction="none"), scheme)
+        got = methods.get(method, make_model())
+        assert loss.scheme_params == got.weighting.scheme_params == InstanceWeighting(
+            scheme
+        ).scheme_params, scheme
+    assert methods.get("gair-trades", make_model()).params["lam"] == -1.0  # its own recipe
+
+
+def test_the_scheme_reads_the_attack_steps_and_refuses_a_kappa_beyond_them():
+    method = methods.get("gairat", make_model(), steps=4, burn_in_epochs=0)
+    assert method.attack.steps == method.weighting.scheme_params["steps"] == 4
+    from instance_reweight import InstanceReweightedLoss
+
+    # The pieces do not see the attack: a κ beyond the loss's K is refused.
+    criterion = InstanceReweightedLoss(nn.CrossEntropyLoss(reduction="none"), "gairat", steps=4)
+    logits, y = torch.zeros(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"Expected `kappa` in \[0, 4\].*pass the attack's number"):
+        criterion(logits, y, kappa=torch.tensor([0, 10]))
+
+
+@pytest.mark.parametrize("name,variant", [("mail-at", "paper"), ("gair-trades", "official")])
+def test_a_generator_makes_a_method_reproducible_without_the_global_seed(name, variant):
+    """Same generator seed: the same attack start, hence the same loss; the global RNG untouched."""
+    x, y = make_batch()
+    losses = []
+    for _ in range(2):
+        method = methods.get(
+            name, make_model(), variant=variant, burn_in_epochs=0,
+            generator=torch.Generator().manual_seed(7),
+        )  # fmt: skip
+        state = torch.get_rng_state()
+        losses.append(method.loss(x, y))
+        assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(losses[0], losses[1])
+    other = methods.get(name, make_model(), variant=variant, burn_in_epochs=0,
+                        generator=torch.Generator().manual_seed(8)).loss(x, y)  # fmt: skip
+    assert not torch.equal(other, losses[0])

@@ -128,3 +128,17 @@ def test_bad_inputs_raise_clearly():
         sampler.load_state_dict(state)
     with pytest.raises(TypeError, match=r"Expected `data_source` to be an int \(the number"):
         InstanceReweightedSampler(4.5)
+
+
+def test_a_generator_repeats_the_draws_and_leaves_the_global_rng_alone():
+    def draws(seed):
+        sampler = InstanceReweightedSampler(
+            6, "gairat", steps=10, generator=torch.Generator().manual_seed(seed)
+        )
+        sampler.update(torch.arange(6), kappa=torch.tensor([0, 2, 4, 5, 7, 10]))
+        state = torch.get_rng_state()
+        out = list(sampler)
+        assert torch.equal(torch.get_rng_state(), state)
+        return out
+
+    assert draws(0) == draws(0) != draws(1)
