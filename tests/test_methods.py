@@ -656,9 +656,11 @@ def test_a_scheme_and_the_method_that_introduced_it_share_their_defaults():
     for scheme, method in (("gairat", "gairat"), ("mail", "mail-at")):
         loss = InstanceReweightedLoss(nn.CrossEntropyLoss(reduction="none"), scheme)
         got = methods.get(method, make_model())
-        assert loss.scheme_params == got.weighting.scheme_params == InstanceWeighting(
-            scheme
-        ).scheme_params, scheme
+        assert (
+            loss.scheme_params
+            == got.weighting.scheme_params
+            == InstanceWeighting(scheme).scheme_params
+        ), scheme
     assert methods.get("gair-trades", make_model()).params["lam"] == -1.0  # its own recipe
 
 

@@ -513,7 +513,9 @@ class Method:
         # without gradient.
         self._weight_only = frozenset(self._pm_reads) - set(definition.forwards)
         self._forwards = tuple(f for f in _FORWARDS if f in self._weight_only) + definition.forwards
-        self.attack, self._cw_attack = _attacks(model, definition, params, check_generator(generator))
+        self.attack, self._cw_attack = _attacks(
+            model, definition, params, check_generator(generator)
+        )
         self.weighted_terms = definition.weighted
         self.weighting, self.burn_in = _weighting(name, definition, scheme, params, overrides)
         self.awp, self._awp_warmup = _awp(model, params)
