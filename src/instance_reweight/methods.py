@@ -364,15 +364,7 @@ def names() -> Tuple[str, ...]:
     return tuple(_METHODS)
 
 
-def get(
-    name: str,
-    model: nn.Module,
-    *,
-    variant: str = "paper",
-    base_loss: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
-    generator: Optional[torch.Generator] = None,
-    **overrides: Any,
-) -> Method:
+def get(name: str, model: nn.Module, *, variant: str = "paper", **overrides: Any) -> Method:
     """A method of either paper by name, bound to ``model``, with the papers' defaults.
 
     Args:
@@ -382,14 +374,19 @@ def get(
         variant: ``"paper"`` (the papers' equations) or ``"official"`` (the official code's objective,
             forwards or attack mode, for ``gair-trades``, ``trades``, the MAIL and the AWP methods;
             see the module docstring).
-        base_loss: the per-example classification loss ℓ(f(·), y), ``(logits, y) -> (N,)`` (e.g.
-            ``nn.CrossEntropyLoss(reduction="none", label_smoothing=0.1)``), in place of CE wherever
-            the training objective has CE: the terms CE(x) and CE(x_adv), and the CE part of MART's
-            BCE = CE − log(1 − max_{k≠y} p_k). ``None``: CE. It changes neither the attack (pass
-            ``attack_loss=`` for that), nor the KL terms, nor the signal (κ, PM) of the weight.
-        generator: the :class:`torch.Generator` of the attacks' random starts (see
-            :class:`~instance_reweight.GeometryAwareAttack`); ``None``: torch's global generator.
-        **overrides: any hyper-parameter of the method (see :class:`Method`).
+        **overrides: any hyper-parameter of the method (see :class:`Method`), and two keywords
+            that are not hyper-parameters (not in :attr:`Method.params`; in ``**overrides`` so
+            that a dict of options splats into :func:`get` under a type checker):
+
+            - ``base_loss``: the per-example classification loss ℓ(f(·), y), ``(logits, y) ->
+              (N,)`` (e.g. ``nn.CrossEntropyLoss(reduction="none", label_smoothing=0.1)``), in
+              place of CE wherever the training objective has CE: the terms CE(x) and CE(x_adv),
+              and the CE part of MART's BCE, which stays ℓ + (BCE − CE). ``None`` (default):
+              CE. It changes neither the attack (pass ``attack_loss=`` for that), nor the KL
+              terms, nor the signal (κ, PM) of the weight.
+            - ``generator``: the :class:`torch.Generator` of the attacks' random starts (see
+              :class:`~instance_reweight.GeometryAwareAttack`); ``None`` (default): torch's global
+              generator.
 
     Returns:
         A :class:`Method` at epoch 0.
@@ -412,7 +409,9 @@ def get(
             "have an official-code variant."
         )
     definition = _OFFICIAL[name] if variant == "official" else _METHODS[name]
-    return Method(name, model, definition, overrides, base_loss=base_loss, generator=generator)
+    options = dict(overrides)
+    base_loss, generator = options.pop("base_loss", None), options.pop("generator", None)
+    return Method(name, model, definition, options, base_loss=base_loss, generator=generator)
 
 
 class Method:
@@ -458,14 +457,14 @@ class Method:
         model: the classifier being trained.
         definition: its :class:`Definition`.
         overrides: hyper-parameters that replace the definition's defaults.
-        base_loss: the per-example loss ℓ in place of CE (see :func:`get`); ``None``: CE.
+        base_loss (keyword): the per-example loss ℓ in place of CE (see :func:`get`); ``None``: CE.
         generator: the generator of the attacks' random starts; ``None``: torch's global one.
 
     Attributes:
         name: the method's name.
         definition: its :class:`Definition`.
         params: every hyper-parameter, defaults and overrides merged.
-        base_loss: the per-example loss ℓ in place of CE, or ``None`` (CE).
+        base_loss (keyword): the per-example loss ℓ in place of CE, or ``None`` (CE).
         attack: the :class:`~instance_reweight.GeometryAwareAttack`.
         weighting: the :class:`~instance_reweight.InstanceWeighting` of the weighted terms, or
             ``None`` for a method without reweighting.
