@@ -475,3 +475,45 @@ def test_an_awp_step_reads_its_checks_with_one_host_synchronisation(count_syncs)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     method.step(x, y, optimizer)  # builds the proxy
     assert count_syncs(lambda: method.step(x, y, optimizer)) == 1
+
+
+def test_mail_with_awp_by_hand_is_the_mail_at_awp_method():
+    """The pattern of docs/awp.md (PM from the proxy's forward at the unperturbed weights, without
+    gradient; the same weights in both objectives) trains exactly as ``mail-at-awp``."""
+    x, y = _images()
+    by_method, by_hand = _bn_model(), _bn_model()
+    with torch.no_grad():
+        by_method[-1].weight.mul_(8.0)  # confident predictions: weights far from uniform
+        by_hand[-1].weight.mul_(8.0)
+    method = ir.methods.get(
+        "mail-at-awp", by_method, burn_in_epochs=0, generator=torch.Generator().manual_seed(0)
+    )
+    sgd = torch.optim.SGD(by_method.parameters(), lr=0.1)
+    expected = method.step(x, y, sgd)
+
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.1)
+    attack = ir.GeometryAwareAttack(
+        by_hand, eps=8 / 255, step_size=2 / 255, steps=10, random_start="normal",
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    weighting = ir.InstanceWeighting("mail", slope=10.0, bias=-0.5)
+    awp = ir.AdversarialWeightPerturbation(by_hand, gamma=5e-3)
+    x_adv, _ = attack(x, y)
+    signal = {}
+
+    def increase(proxy):
+        logits = proxy(x_adv)
+        signal["margin"] = ir.probabilistic_margin(logits, y)  # detached: no gradient
+        return weighting.reduce(F.cross_entropy(logits, y, reduction="none"), **signal)
+
+    with awp.perturbed(increase):
+        loss = weighting.reduce(F.cross_entropy(by_hand(x_adv), y, reduction="none"), **signal)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    assert float(weighting.last_weights.max() - weighting.last_weights.min()) > 0.1
+    torch.testing.assert_close(weighting.last_weights, method.last_weights)
+    torch.testing.assert_close(loss.detach(), expected)
+    for a, b in zip(by_hand.state_dict().values(), by_method.state_dict().values()):
+        torch.testing.assert_close(a, b)
