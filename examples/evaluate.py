@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-minutes",
-        type=arguments.numeric(arguments.POSITIVE, example="30"),
+        type=arguments.numeric(arguments.NON_NEGATIVE, example="30"),
         help="start no attack after this many minutes",
     )
     parser.add_argument("--no-progress", action="store_true")

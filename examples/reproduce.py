@@ -647,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", choices=STAGES + ("all",), default="all")
     parser.add_argument(
         "--max-minutes",
-        type=arguments.numeric(arguments.POSITIVE, example="9"),
+        type=arguments.numeric(arguments.NON_NEGATIVE, example="9"),
         help="stop starting work after this many minutes",
     )
     parser.add_argument(

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--max-minutes",
-        type=numeric(POSITIVE, example="30"),
+        type=numeric(NON_NEGATIVE, example="30"),
         help="stop before an epoch that would end after this",
     )
     how.add_argument(

@@ -47,7 +47,7 @@ FLAGS = [
             ("--test-size", AT_LEAST_ONE, True),
             ("--max-steps-per-epoch", AT_LEAST_ONE, True),
             ("--stop-after", AT_LEAST_ONE, True),
-            ("--max-minutes", POSITIVE, False),
+            ("--max-minutes", NON_NEGATIVE, False),
             ("--eps-ramp-epochs", NON_NEGATIVE, False),
         ]
     ],
@@ -56,7 +56,7 @@ FLAGS = [
         for flag, bounds, integer in [
             ("--num-examples", AT_LEAST_ONE, True),
             ("--batch-size", AT_LEAST_ONE, True),
-            ("--max-minutes", POSITIVE, False),
+            ("--max-minutes", NON_NEGATIVE, False),
             ("--eps", NON_NEGATIVE, False),
         ]
     ],
@@ -65,7 +65,7 @@ FLAGS = [
         for flag, bounds, integer in [
             ("--jobs", AT_LEAST_ONE, True),
             ("--threads", AT_LEAST_ONE, True),
-            ("--max-minutes", POSITIVE, False),
+            ("--max-minutes", NON_NEGATIVE, False),
         ]
     ],
 ]
