@@ -8,12 +8,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
+from arguments import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Bounds
 from data import dataset_info
 from torch import nn
 
 import instance_reweight as ir
 
 PRECISIONS = ("bf16", "fp32")
+MOMENTUM = Bounds(0, 1, open_high=True)
 OPTIMIZERS = ("sgd", "adam")
 # Method hyper-parameters that may be a schedule over epochs (a callable in ir.methods), written as
 # data here since config.json is JSON: [[epoch, value], ...] or "EPOCH:VALUE,...".
@@ -64,7 +66,7 @@ class TrainConfig:
                 f"Expected no momentum with Adam (its betas, the defaults (0.9, 0.999), play that "
                 f"part), got momentum={self.momentum}. Leave --momentum out with --optimizer adam."
             )
-        self._check_sizes()
+        self._check_numbers()
         # Plain lists and JSON values only: comparable after a save/load, weights_only safe.
         self.lr_schedule = [[int(e), float(lr)] for e, lr in self.lr_schedule]
         if self.best_window is not None:
@@ -90,16 +92,38 @@ class TrainConfig:
                 f"Expected the lr schedule's epochs non-negative and increasing, got {epochs}."
             )
 
-    def _check_sizes(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Expected {name} >= 1, got {getattr(self, name)}.")
-        if self.monitor_size < 0:
-            raise ValueError(f"Expected monitor_size >= 0, got {self.monitor_size}.")
+    def _check_numbers(self) -> None:
+        """Every number finite and in range, before anything is read or computed."""
+        for name, bounds in (("epochs", AT_LEAST_ONE), ("batch_size", AT_LEAST_ONE)):
+            bounds.check(getattr(self, name), name, integer=True)
+        NON_NEGATIVE.check(self.seed, "seed", integer=True)
+        NON_NEGATIVE.check(self.monitor_size, "monitor_size", integer=True)
         for name in ("train_size", "test_size", "max_steps_per_epoch"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
+            if getattr(self, name) is not None:
+                AT_LEAST_ONE.check(
+                    getattr(self, name), f"{name} (or none for the whole split)", True
+                )
+        POSITIVE.check(self.lr, "lr")
+        MOMENTUM.check(self.momentum, "momentum")
+        NON_NEGATIVE.check(self.weight_decay, "weight_decay")
+        for epoch, lr in self.lr_schedule:
+            NON_NEGATIVE.check(epoch, "an lr schedule's epoch", integer=True)
+            POSITIVE.check(lr, f"the lr schedule's rate from epoch {epoch}")
+        info = dataset_info(self.data)
+        for name, split in (("train_size", info.train_examples), ("test_size", info.test_examples)):
+            size = getattr(self, name)
+            if size is not None and size > split:
                 raise ValueError(
-                    f"Expected {name} >= 1 (or none for the whole split), got {getattr(self, name)}."
+                    f"Expected {name} at most the {split} images of {self.data}'s "
+                    f"{name.split('_')[0]} split, got {size}. Leave it out for the whole split."
+                )
+        if self.best_window is not None:
+            window = list(self.best_window) if isinstance(self.best_window, (list, tuple)) else []
+            for epoch in window:
+                NON_NEGATIVE.check(epoch, "best_window's epochs", integer=True)
+            if len(window) != 2 or window[0] > window[1]:
+                raise ValueError(
+                    f"Expected best_window as FIRST LAST with FIRST <= LAST, got {self.best_window}."
                 )
 
     @classmethod

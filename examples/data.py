@@ -324,18 +324,22 @@ class DatasetInfo(NamedTuple):
         in_channels: image channels.
         augment: whether training uses random crop (4 pixels of padding) and horizontal flip: CIFAR
             yes (both papers); SVHN and MNIST no (a flipped digit is another digit, or none).
+        train_examples: images in the training split (SVHN: ``train`` alone, without ``extra``).
+        test_examples: images in the test split.
     """
 
     num_classes: int
     in_channels: int
     augment: bool
+    train_examples: int
+    test_examples: int
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(10, 3, True),
-    "cifar100": DatasetInfo(100, 3, True),
-    "mnist": DatasetInfo(10, 1, False),
-    "svhn": DatasetInfo(10, 3, False),
+    "cifar10": DatasetInfo(10, 3, True, 50_000, 10_000),
+    "cifar100": DatasetInfo(100, 3, True, 50_000, 10_000),
+    "mnist": DatasetInfo(10, 1, False, 60_000, 10_000),
+    "svhn": DatasetInfo(10, 3, False, 73_257, 26_032),
 }
 
 

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+import arguments
 import numpy as np
 import paired_stats
 import run_files
@@ -234,14 +234,12 @@ def evaluate_checkpoint(
     Raises:
         ImportError: if an attack needs an optional package that is missing, before any work.
         FileNotFoundError: no checkpoint, or no folder for ``out``, before any work.
-        ValueError: an unknown attack or option, or a bad setting, before any work.
+        ValueError: an unknown attack or option, a bad setting, or an ``out`` that cannot be
+            written, before any work.
     """
     start = time.perf_counter()
-    if out is not None and not Path(out).parent.is_dir():
-        raise FileNotFoundError(
-            f"Expected the folder of --out '{out}' to exist, got no folder '{Path(out).parent}'; "
-            "create it first (mkdir -p) or pick another --out."
-        )
+    if out is not None:
+        arguments.check_output_file(Path(out), "--out")
     checkpoint = checkpoint_file(Path(checkpoint))
     state = run_files.load_checkpoint(checkpoint) if state is None else state
     config = TrainConfig.from_dict(state["config"])
@@ -371,15 +369,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--options",
-        type=json.loads,
+        type=_options_arg,
         help='per-attack options as JSON, e.g. \'{"pgd20": {"step_size": 0.003}}\'',
     )
-    parser.add_argument("--num-examples", type=int, help="only the first N test images")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--num-examples",
+        type=arguments.numeric(arguments.AT_LEAST_ONE, integer=True),
+        help="only the first N test images",
+    )
+    parser.add_argument(
+        "--batch-size", type=arguments.numeric(arguments.AT_LEAST_ONE, integer=True), default=500
+    )
     parser.add_argument(
         "--data-root", help="default: the run's own --data-root (its config.json), else data"
     )
-    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--device", type=arguments.device, help="default: cuda if available, else cpu"
+    )
     parser.add_argument(
         "--name",
         type=_name_arg,
@@ -387,11 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=arguments.output_file("--out"),
         help="JSON file, in a folder that exists (default: eval-<last|best>-<protocol>-eps<ε>.json "
         "beside the checkpoint)",
     )
-    parser.add_argument("--max-minutes", type=float, help="start no attack after this many minutes")
+    parser.add_argument(
+        "--max-minutes",
+        type=arguments.numeric(arguments.NON_NEGATIVE, example="30"),
+        help="start no attack after this many minutes",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -408,7 +418,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     checkpoint = checkpoint_file(args.checkpoint)
     state = run_files.load_checkpoint(checkpoint)
     eps, norm, _ = resolve_threat(trained_params(state), args.eps, args.protocol, args.norm)
-    out = args.out or default_out(checkpoint, args.protocol, eps, norm, args.name)
+    out = arguments.check_output_file(
+        args.out or default_out(checkpoint, args.protocol, eps, norm, args.name), "--out"
+    )
     data_root = args.data_root or run_files.recorded_data_root(checkpoint.parent) or "data"
     record = evaluate_checkpoint(
         checkpoint,
@@ -452,15 +464,28 @@ def _eps_arg(text: str) -> Union[float, str]:
     if text == "protocol":
         return text
     try:
-        return float(text)
-    except ValueError:
+        return _RADIUS(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"expected a number (e.g. 0.0314) or 'protocol', got {text!r}"
+            f"Expected a finite number >= 0 (e.g. 0.0314 or 8/255) or 'protocol', got {text!r}"
         ) from None
 
 
-if __name__ == "__main__":
+_RADIUS = arguments.numeric(arguments.NON_NEGATIVE)
+
+
+def _options_arg(text: str) -> Dict[str, Dict[str, Any]]:
     try:
-        main()
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        sys.exit(f"evaluate.py: error: {err}")
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        options = err
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise argparse.ArgumentTypeError(
+            "Expected a JSON object of per-attack option objects, e.g. "
+            f'\'{{"pgd20": {{"step_size": 0.003}}}}\', got {text!r}'
+        )
+    return options
+
+
+if __name__ == "__main__":
+    arguments.run(main, "evaluate.py")

@@ -56,9 +56,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import arguments
 import evaluate
 import plots
 import run_files
+import table_spec
 import torch
 import train
 import training
@@ -68,47 +70,29 @@ STAGES = ("train", "evaluate", "report")
 
 
 def load_spec(name: str) -> Dict[str, Any]:
-    """A built-in spec by name, or a JSON spec file by path."""
+    """A built-in spec by name, or a JSON spec file by path, validated as a whole
+    (:func:`table_spec.validate`)."""
     if name in SPECS:
-        return SPECS[name]
+        return table_spec.validate(SPECS[name], f"the built-in table {name!r}")
     path = Path(name)
-    if path.suffix == ".json" and path.is_file():
+    if path.suffix != ".json":
+        raise ValueError(
+            f"Expected a table among {', '.join(SPECS)} or a .json spec file, got {name!r}. "
+            "Run 'python examples/reproduce.py --list'."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a table spec file at '{path}', got no such file.")
+    try:
         spec = json.loads(path.read_text())
-        missing = sorted({"name", "rows", "protocol", "columns"} - set(spec))
-        if missing:
-            raise ValueError(
-                f"Expected the keys {missing} in the table spec '{path}', got {sorted(spec)}."
-            )
-        # The name and the labels become file and folder names under --out.
-        plain_name(spec["name"], 'the table\'s "name"')
-        for row in spec["rows"]:
-            _slug(row["label"])
-        for prefix in spec.get("prefixes", {}):
-            _slug(prefix)
-        for evaluation in spec.get("evaluations", []):
-            plain_name(evaluation["name"], "an evaluation pass's name")
-        if any("seeds" in row for row in spec["rows"]) and "claims" not in spec:
-            raise ValueError(
-                f'Expected "claims" in \'{path}\' with per-row "seeds" (a seeded table is reported '
-                "by benchmark_report), got none. Add the claims, or drop the seeds."
-            )
-        kinds = spec.get("checkpoints", ["last"])
-        unprefixed = [
-            c for c in spec["columns"] if len(kinds) > 1 and not c.startswith(("best_", "last_"))
-        ]
-        if unprefixed:
-            raise ValueError(
-                f"Expected columns named best_<column> or last_<column> with checkpoints {kinds}, "
-                f"got {unprefixed} in '{path}'."
-            )
-        return spec
-    raise ValueError(
-        f"Expected a table among {', '.join(SPECS)} or a .json spec file, got {name!r}. "
-        "Run 'python examples/reproduce.py --list'."
-    )
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"Expected a JSON table spec in '{path}', got text that is not JSON ({err}). Fix the "
+            "file (see docs/examples.md for the shape)."
+        ) from None
+    return table_spec.validate(spec, f"'{path}'")
 
 
-_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_PLAIN = re.compile(table_spec.PLAIN_NAME)
 
 
 def plain_name(name: object, what: str) -> str:
@@ -125,9 +109,8 @@ def plain_name(name: object, what: str) -> str:
 
 
 def _slug(label: str) -> str:
-    """A row label or prefix name as a folder name: other characters become ``_``."""
-    slug = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in str(label))
-    return plain_name(slug, f"a row label or prefix name ({label!r})")
+    """A row label or prefix name as a folder name (:func:`table_spec.folder_name`)."""
+    return plain_name(table_spec.folder_name(str(label)), f"a row label or prefix name ({label!r})")
 
 
 @dataclass(frozen=True)
@@ -656,12 +639,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("table", nargs="?", help=f"one of {', '.join(SPECS)}, or a .json spec")
     parser.add_argument("--list", action="store_true", help="list the built-in tables and exit")
-    parser.add_argument("--out", type=Path, help="output folder (default: runs/<table>)")
+    parser.add_argument(
+        "--out", type=arguments.output_folder("--out"), help="output folder (default: runs/<table>)"
+    )
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--rows", help="comma-separated row labels (default: all)")
     parser.add_argument("--stage", choices=STAGES + ("all",), default="all")
     parser.add_argument(
-        "--max-minutes", type=float, help="stop starting work after this many minutes"
+        "--max-minutes",
+        type=arguments.numeric(arguments.NON_NEGATIVE, example="9"),
+        help="stop starting work after this many minutes",
     )
     parser.add_argument(
         "--train-arg",
@@ -677,11 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
-        "--seeds", help="comma-separated seeds of seeded rows (default: each row's own)"
+        "--seeds",
+        type=_seeds,
+        help="comma-separated seeds of seeded rows (default: each row's own)",
     )
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=arguments.numeric(arguments.AT_LEAST_ONE, integer=True),
         default=1,
         help="units (row × seed) at a time, each a single-threaded subprocess (default 1: in this "
         "process)",
@@ -693,13 +682,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--publish",
-        type=Path,
+        type=arguments.output_folder("--publish"),
         metavar="DIR",
         help="copy the final weights to DIR/checkpoints/ and the evaluations to DIR/records/",
     )
     parser.add_argument("--unit", help=argparse.SUPPRESS)  # one unit, in this process (--jobs)
     parser.add_argument(
-        "--threads", type=int, help="torch threads of this process (default: torch's own)"
+        "--threads",
+        type=arguments.numeric(arguments.AT_LEAST_ONE, integer=True),
+        help="torch threads of this process (default: torch's own)",
     )
     return parser
 
@@ -716,18 +707,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return {}
     if args.table is None:
         raise ValueError(f"Expected a table among {', '.join(SPECS)} or a .json spec, got none.")
-    if args.jobs < 1:
-        raise ValueError(f"Expected --jobs >= 1, got {args.jobs}.")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.table)
-    out = args.out or Path("runs") / spec["name"]
+    out = arguments.check_writable_folder(args.out or Path("runs") / spec["name"], "--out")
     reproduction = Reproduction(
         spec,
         out,
         data_root=args.data_root,
         rows=args.rows.split(",") if args.rows else None,
-        seeds=_seeds(args.seeds),
+        seeds=args.seeds,
         train_args=args.train_arg,
         eval_args=args.eval_arg,
         max_minutes=args.max_minutes,
@@ -777,19 +766,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     return result
 
 
-def _seeds(text: Optional[str]) -> Optional[List[int]]:
-    if text is None:
-        return None
+def _seeds(text: str) -> List[int]:
+    seed = arguments.numeric(arguments.NON_NEGATIVE, integer=True)
     try:
-        return [int(k) for k in text.split(",")]
-    except ValueError:
-        raise ValueError(
-            f"Expected --seeds as comma-separated integers (e.g. 0,1), got {text!r}."
+        return [int(seed(k)) for k in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"Expected --seeds as comma-separated integers >= 0 (e.g. 0,1), got {text!r}"
         ) from None
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        sys.exit(f"reproduce.py: error: {err}")
+    arguments.run(main, "reproduce.py")

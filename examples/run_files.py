@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -73,7 +74,7 @@ def _write_replace(data: bytes, path: Path, verify: Optional[Callable[[Path], An
     and the old one stays until the new one is on disk and verified."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(_create_exclusively(tmp), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -89,6 +90,18 @@ def _write_replace(data: bytes, path: Path, verify: Optional[Callable[[Path], An
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+def _create_exclusively(tmp: Path) -> int:
+    """A new file at ``tmp`` opened for writing, created exclusively (``O_EXCL``): whatever is
+    there (a leftover of an interrupted write, or a symlink planted to redirect the write) is
+    removed, never followed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        return os.open(tmp, flags, 0o666)
+    except FileExistsError:
+        tmp.unlink()  # removes a symlink itself, not its target
+        return os.open(tmp, flags, 0o666)
 
 
 def save_atomic(state: Dict[str, Any], path: Path) -> None:
@@ -154,10 +167,42 @@ def model_from_checkpoint(state: Dict[str, Any]) -> nn.Module:
 
 
 def read_log(path: Path) -> List[Dict[str, Any]]:
-    """The per-epoch records of a ``log.jsonl`` (empty if there is none)."""
+    """The per-epoch records of a ``log.jsonl`` (empty if there is none).
+
+    A last line cut short (no newline, not JSON: the process was killed while appending it) is
+    dropped with a note on stderr; the epoch it logged is not in the checkpoint either (the record
+    is appended before the checkpoint is written), so a resumed run trains it again.
+
+    Raises:
+        ValueError: for any other line that is not a JSON object, naming the file and the line.
+    """
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number == len(lines):  # the last line, without its newline: an interrupted append
+            print(
+                f"note: dropped the unfinished last line of '{path}' ({len(line)} characters, "
+                "cut short when the run was stopped); its epoch is trained again on --resume.",
+                file=sys.stderr,
+            )
+        else:
+            raise ValueError(
+                f"Expected one JSON object per line in '{path}', got line {number} that is not "
+                f"one ({line[:80]!r}). The file is corrupted: delete that line, and the run "
+                "continues from its checkpoint (train.py --resume)."
+            )
+    return records
 
 
 def read_json(path: Path) -> Dict[str, Any]:
@@ -299,8 +344,7 @@ def write_start(
         },
         out / "config.json",
     )
-    with open(out / "log.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in log)
+    _write_replace("".join(json.dumps(r) + "\n" for r in log).encode(), out / "log.jsonl")
 
 
 def save_epoch(
@@ -316,8 +360,7 @@ def save_epoch(
     ``training_state`` is what continues the run: ``model``, ``optimizer`` and ``burn_in`` state
     dicts and the ``lineage``.
     """
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    _append_line(out / "log.jsonl", json.dumps(record))
     epochs_done = record["epoch"] + 1
     header = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": epochs_done}
     if _improves(config, record, best):
@@ -334,6 +377,17 @@ def save_epoch(
         out / "status.json",
     )
     return best
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Appends ``line`` and a newline in one write, then fsyncs: a process killed meanwhile leaves
+    at most an unfinished last line, which :func:`read_log` drops."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _improves(config: TrainConfig, record: Dict[str, Any], best: Optional[Dict[str, Any]]) -> bool:

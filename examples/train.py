@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import arguments
 import run_files
 import training
+from arguments import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, numeric
 from config import (
+    MOMENTUM,
     OPTIMIZERS,
     Runtime,
     TrainConfig,
@@ -45,9 +49,10 @@ import instance_reweight as ir
 
 
 def parse_set(items: Sequence[str]) -> Dict[str, Any]:
-    """``["lam=-1", "clip=null", "random_start=normal"]`` -> ``{"lam": -1, "clip": None, ...}``.
+    """``["lam=-1", "clip=null", "eps=8/255"]`` -> ``{"lam": -1, "clip": None, "eps": 0.0313...}``.
 
-    Values are read as JSON when they parse (numbers, ``null``, ``true``, lists), else as strings.
+    Values are read as JSON when they parse (numbers, ``null``, ``true``, lists), as a number when
+    they are a fraction (``8/255``), else as strings; NaN and ±Infinity are refused.
     """
     out: Dict[str, Any] = {}
     for item in items:
@@ -57,7 +62,15 @@ def parse_set(items: Sequence[str]) -> Dict[str, Any]:
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            try:
+                out[key] = arguments.parse_number(value)
+            except ValueError:
+                out[key] = value  # a word, e.g. random_start=normal
+        if isinstance(out[key], float) and not math.isfinite(out[key]):
+            raise ValueError(
+                f"Expected --set {key}=VALUE with a finite number, got {item!r}. Give e.g. "
+                f"--set {key}=0.1 (or a fraction, 8/255)."
+            )
     return out
 
 
@@ -101,23 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--eps-ramp-epochs",
-        type=float,
+        type=numeric(NON_NEGATIVE, example="5"),
         metavar="T",
         help="ε and the attack step grow linearly per batch from 0 to their values over the first T "
         "epochs (0: none)",
     )
     what.add_argument("--data", choices=sorted(DATASETS))
     what.add_argument("--model", choices=sorted(MODELS))
-    what.add_argument("--epochs", type=int)
-    what.add_argument("--batch-size", type=int, help="global batch size")
-    what.add_argument("--lr", type=float, help="initial learning rate")
+    what.add_argument("--epochs", type=numeric(AT_LEAST_ONE, integer=True))
+    what.add_argument(
+        "--batch-size", type=numeric(AT_LEAST_ONE, integer=True), help="global batch size"
+    )
+    what.add_argument("--lr", type=numeric(POSITIVE, example="0.1"), help="initial learning rate")
     what.add_argument("--lr-schedule", help="EPOCH:LR,... (0-based epochs), e.g. 75:0.01,90:0.001")
     what.add_argument(
         "--optimizer", choices=OPTIMIZERS, help="sgd (default) or adam (default betas, no momentum)"
     )
-    what.add_argument("--momentum", type=float, help="SGD momentum (refused with --optimizer adam)")
-    what.add_argument("--weight-decay", type=float)
-    what.add_argument("--seed", type=int)
+    what.add_argument(
+        "--momentum",
+        type=numeric(MOMENTUM, example="0.9"),
+        help="SGD momentum (refused with --optimizer adam)",
+    )
+    what.add_argument("--weight-decay", type=numeric(NON_NEGATIVE, example="5e-4"))
+    what.add_argument("--seed", type=numeric(NON_NEGATIVE, integer=True))
     what.add_argument(
         "--fp32",
         action="store_true",
@@ -125,30 +144,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--monitor-size",
-        type=int,
+        type=numeric(NON_NEGATIVE, integer=True),
         help="training and test examples for the per-epoch natural/PGD-20 check (0: none; default 1000)",
     )
     what.add_argument(
         "--train-size",
-        type=int,
+        type=numeric(AT_LEAST_ONE, integer=True),
         metavar="N",
         help="train on a fixed class-balanced subset of N examples (default: the whole split)",
     )
     what.add_argument(
         "--test-size",
-        type=int,
+        type=numeric(AT_LEAST_ONE, integer=True),
         metavar="N",
         help="monitor and evaluate on a fixed class-balanced subset of N test examples",
     )
     what.add_argument(
         "--max-steps-per-epoch",
-        type=int,
+        type=numeric(AT_LEAST_ONE, integer=True),
         metavar="N",
         help="end every epoch after N batches: a smoke run, e.g. --epochs 1 --max-steps-per-epoch 5",
     )
     what.add_argument(
         "--best-window",
-        type=int,
+        type=numeric(NON_NEGATIVE, integer=True),
         nargs=2,
         metavar=("FIRST", "LAST"),
         help="0-based epochs among which best.pt is kept on the monitored test PGD accuracy",
@@ -159,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding the data set (default: data; on --resume, the run's own)",
     )
     how.add_argument(
-        "--out", type=Path, help="run folder (default: runs/<preset or model>-<method>-s<seed>)"
+        "--out",
+        type=arguments.output_folder("--out"),
+        help="run folder (default: runs/<preset or model>-<method>-s<seed>)",
     )
     how.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its checkpoint"
@@ -168,12 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from", type=Path, help="branch: start from this checkpoint with --method"
     )
     how.add_argument(
-        "--stop-after", type=int, metavar="EPOCHS", help="stop once this many epochs are done"
+        "--stop-after",
+        type=numeric(AT_LEAST_ONE, integer=True),
+        metavar="EPOCHS",
+        help="stop once this many epochs are done",
     )
     how.add_argument(
-        "--max-minutes", type=float, help="stop before an epoch that would end after this"
+        "--max-minutes",
+        type=numeric(NON_NEGATIVE, example="30"),
+        help="stop before an epoch that would end after this",
     )
-    how.add_argument("--device", help="e.g. cuda:1 or cpu (default: cuda if available, else cpu)")
+    how.add_argument(
+        "--device",
+        type=arguments.device,
+        help="e.g. cuda:1 or cpu (default: cuda if available, else cpu)",
+    )
     how.add_argument("--compile", action="store_true", help="torch.compile the network")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -296,6 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[training.RunResult]:
     out = default_out(args)
     if out is None:
         raise ValueError("Expected --out (the run to resume) or --method, got neither.")
+    arguments.check_writable_folder(out, "--out")
     config = resolve(args, out)
     # --resume and --init-from read the data where the run (or the prefix) read it, unless told.
     started = out if args.resume else args.init_from.parent if args.init_from else None
@@ -371,7 +402,4 @@ def describe_run(config: TrainConfig, out: Path, args: argparse.Namespace) -> st
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"train.py: error: {err}")
+    arguments.run(main, "train.py")

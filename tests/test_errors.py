@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Type
@@ -572,6 +573,49 @@ def test_an_empty_batch_simply_works():
     )
 
 
+def _scripts() -> Tuple[object, ...]:
+    """The example scripts' modules (on ``sys.path`` only here, as in their own tests)."""
+    import sys
+
+    sys.path.insert(0, str(DOC.parents[1] / "examples"))
+    import arguments
+    import table_spec
+    import train
+
+    return arguments, table_spec, train
+
+
+def _spec_with_a_repeated_label() -> None:
+    _, table_spec, _ = _scripts()
+    rows = [{"label": "AT", "method": "at"}, {"label": "AT", "method": "gairat"}]
+    spec = {"name": "t", "protocol": "mail", "columns": ["nat"], "rows": rows}
+    table_spec.validate(spec, "'spec.json'")
+
+
+SCRIPT_CASES: List[Tuple[str, Type[Exception], Callable[[], object]]] = [
+    (
+        "`train.py --lr inf` (every numeric flag: finite and in range)",
+        argparse.ArgumentTypeError,
+        lambda: _scripts()[0].numeric(_scripts()[0].POSITIVE, example="0.1")("inf"),
+    ),
+    ("`--set eps=NaN`", ValueError, lambda: _scripts()[2].parse_set(["eps=NaN"])),
+    (
+        "`--out` under a file",
+        ValueError,
+        lambda: _scripts()[0].check_writable_folder(Path("/dev/null/run"), "--out"),
+    ),
+    ("a spec with a repeated row label", ValueError, _spec_with_a_repeated_label),
+]
+
+
+def test_each_script_mistake_gives_the_documented_message():
+    for row, error, trigger in SCRIPT_CASES:
+        with pytest.raises(error) as info:
+            trigger()
+        assert str(info.value).startswith("Expected"), row
+        assert f"> {str(info.value)}" in DOC.read_text(), f"docs/errors.md is stale for {row!r}"
+
+
 def render() -> str:
     lines = [
         "# Errors: what each bad input raises",
@@ -612,6 +656,33 @@ def render() -> str:
             trigger()
         except error as raised:
             lines += ["", f"**{row}**", "", f"> {error.__name__}: {raised}"]
+        else:
+            raise AssertionError(f"{row!r} did not raise")
+    lines += [
+        "",
+        "## Scripts",
+        "",
+        "The example scripts check every flag when they parse it, before any data is read or file",
+        "written: each numeric flag is a finite number in its range (`8/255` is read as a fraction,",
+        "also in `--set`), `--device` is one this machine has, an output folder or file can be",
+        "written. A `reproduce.py` spec is checked as a whole (its JSON schema, then labels, prefixes,",
+        "methods, presets, protocols and claims), the message naming the file and the field.",
+        "",
+        "A user's mistake is one line, `<script>: error: <message>`, with exit status 2 (argparse's): a",
+        "`ValueError`, `TypeError`, `OSError` or `ImportError` whose message starts with `Expected` and",
+        "that the scripts or the library raised (`examples/arguments.py`, `is_user_error`). Anything",
+        "else is a bug and keeps its traceback. Flag messages come after `argument --FLAG: `.",
+        "",
+        "Handled rather than refused: a `log.jsonl` whose last line was cut short by a kill (no",
+        "checkpoint holds that epoch) loses that line on `--resume`, with a note, and the epoch is",
+        "trained again; the atomic writer creates its temporary file exclusively, removing (never",
+        "following) whatever is at that path.",
+    ]
+    for row, error, trigger in SCRIPT_CASES:
+        try:
+            trigger()
+        except error as raised:
+            lines += ["", f"**{row}**", "", f"> {raised}"]
         else:
             raise AssertionError(f"{row!r} did not raise")
     return "\n".join(lines) + "\n"

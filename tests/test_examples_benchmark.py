@@ -171,17 +171,20 @@ def test_tiny_benchmark_in_jobs_stopped_resumed_reported_and_published(
     assert ": started" not in capsys.readouterr().out
 
 
-def test_a_seeded_spec_needs_claims_and_unknown_seeds_say_so(tmp_path):
+def test_a_seeded_spec_needs_claims_and_unknown_seeds_say_so(tmp_path, capsys):
     spec = {**TINY_SPEC}
     del spec["claims"]
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    with pytest.raises(ValueError, match='Expected "claims"'):
+    with pytest.raises(ValueError, match='got claims: none, with per-row "seeds"'):
         reproduce.load_spec(str(path))
-    with pytest.raises(ValueError, match="Expected --seeds as comma-separated"):
-        reproduce.main(["mnist-benchmark", "--seeds=a", "--status"])
-    with pytest.raises(ValueError, match="Expected --jobs >= 1"):
-        reproduce.main(["mnist-benchmark", "--jobs=0", "--status"])
+    for flag, message in [
+        ("--seeds=a", "Expected --seeds as comma-separated"),
+        ("--jobs=0", ">= 1"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            reproduce.main(["mnist-benchmark", flag, "--status"])
+        assert info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_mnist_benchmark_spec_is_the_draft(tmp_path):

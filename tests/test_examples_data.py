@@ -228,7 +228,7 @@ def test_unknown_dataset_lists_names(tmp_path):
 
 
 def test_dataset_info_classes_channels_and_augmentation():
-    assert dataset_info("CIFAR10") == (10, 3, True)
+    assert dataset_info("CIFAR10") == (10, 3, True, 50_000, 10_000)
     assert dataset_info("cifar100").num_classes == 100
     assert dataset_info("mnist").in_channels == 1
     assert not dataset_info("svhn").augment  # no flips for digits

@@ -116,13 +116,18 @@ def test_apgd_t_is_autoattacks_apgd_t_alone_beside_aa(run, tmp_path, monkeypatch
     assert evaluate.read_records(record)["apgd-t"].tolist() == [True, False, True, True]
 
 
-def test_bad_output_folder_attack_and_option_fail_before_any_attack(run, tmp_path, monkeypatch):
+def test_bad_output_folder_attack_and_option_fail_before_any_attack(
+    run, tmp_path, monkeypatch, capsys
+):
     def no_attack(*args, **kwargs):
         raise AssertionError("an attack ran")
 
     monkeypatch.setattr(evaluation, "robust_masks", no_attack)
-    with pytest.raises(FileNotFoundError, match="create it first"):
+    with pytest.raises(SystemExit):
         evaluate.main([str(run), f"--out={tmp_path / 'missing' / 'e.json'}", "--no-progress"])
+    assert "create it first" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="create it first"):
+        evaluate.evaluate_checkpoint(run, data_root="data", out=tmp_path / "missing" / "e.json")
     with pytest.raises(ValueError, match="Expected attacks among .*apgd-t"):
         evaluate.main([str(run), "--attacks=natural,apgd-x", "--no-progress"])
     with pytest.raises(ValueError, match="Expected --options keys among"):

@@ -126,8 +126,11 @@ def test_resume_from_a_corrupted_checkpoint_stops_with_the_path(data_root, tmp_p
 @pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "..", ".hidden", "", "x y", 3])
 def test_reproduce_refuses_table_names_that_are_not_plain(tmp_path, name):
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"name": name, "rows": [], "protocol": "mail", "columns": ["nat"]}))
-    with pytest.raises((ValueError, TypeError), match='Expected the table\'s "name" to be a plain'):
+    rows = [{"label": "AT", "method": "at"}]
+    spec.write_text(
+        json.dumps({"name": name, "rows": rows, "protocol": "mail", "columns": ["nat"]})
+    )
+    with pytest.raises(ValueError, match="spec.json', got name: "):
         reproduce.load_spec(str(spec))
 
 
@@ -141,7 +144,7 @@ def test_reproduce_refuses_row_labels_that_would_leave_the_folder(tmp_path, labe
     }
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    with pytest.raises(ValueError, match="row label"):
+    with pytest.raises(ValueError, match=r"spec.json', got rows\[0\].label: "):
         reproduce.load_spec(str(path))
 
 
