@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from sybil import Example, Sybil
 from sybil.evaluators.python import PythonEvaluator
@@ -32,6 +33,13 @@ def _run_as_written(example: Example) -> None:
         _run(example)
     finally:
         torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The evaluation page's blocks run AutoAttack: part of the full suite, not the quick subset."""
+    for item in items:
+        if item.nodeid.startswith("docs/evaluation.md"):
+            item.add_marker(pytest.mark.slow)
 
 
 pytest_collect_file = Sybil(

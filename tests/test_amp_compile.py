@@ -71,6 +71,7 @@ def _backends():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", list(_backends()))
 def test_compiled_model_gives_the_eager_kappa_and_loss(backend):
     if not hasattr(torch, "compile"):

@@ -332,6 +332,7 @@ def _ddp_worker(rank, init_file, out_dir):
 @pytest.mark.skipif(
     not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo"
 )
+@pytest.mark.slow
 def test_under_ddp_every_rank_applies_the_global_batch_perturbation(tmp_path):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

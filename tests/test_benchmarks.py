@@ -44,6 +44,7 @@ def test_doctests(module):
     assert doctest.testmod(module).failed == 0
 
 
+@pytest.mark.slow
 def test_ratios_benchmark_writes_the_three_ratios(tmp_path, restore_torch_settings):
     out = tmp_path / "cpu.json"
     argv = ["--batch", "4", "--steps", "2", "--rounds", "2", "--warmup", "0"]
@@ -65,6 +66,7 @@ def test_ratios_benchmark_writes_the_three_ratios(tmp_path, restore_torch_settin
     assert results["attack_vs_official"]["kappa_identical"]
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_runs_on_a_cpu_with_quick(tmp_path, restore_torch_settings):
     out = tmp_path / "gpu.json"
     data = gpu.main(

@@ -84,6 +84,7 @@ def ranks(tmp_path_factory):
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_global_normalisation_gives_the_single_process_gradient(ranks, case):
     x, y = _data()

@@ -452,6 +452,7 @@ def test_missing_autoattack_is_named_before_any_work(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.slow
 def test_autoattack_reaches_the_closed_form_where_apgd_ce_is_masked():
     pytest.importorskip(
         "pyautoattack",

@@ -29,6 +29,7 @@ def _weights(out: Path) -> dict:
     return run_files.load_checkpoint(out / "checkpoint.pt")["model"]
 
 
+@pytest.mark.slow
 def test_an_awp_method_trains_through_train_py_and_perturbs_only_from_its_warm_up(
     data_root, tmp_path
 ):
@@ -51,6 +52,7 @@ def test_an_awp_method_trains_through_train_py_and_perturbs_only_from_its_warm_u
     assert moved > 1e-4
 
 
+@pytest.mark.slow
 def test_l2_training_is_monitored_and_evaluated_in_the_l2_ball(data_root, tmp_path):
     out = tmp_path / "l2"
     ball = ["--norm=l2", "--set=eps=0.5", "--set=step_size=0.125"]

@@ -77,6 +77,7 @@ def report_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_in_jobs_stopped_resumed_reported_and_published(
     tmp_path, report_calls, capsys
 ):

@@ -112,6 +112,7 @@ def benchmark(tmp_path):
     return tmp_path, runs
 
 
+@pytest.mark.slow
 def test_report_json_has_the_issues_shape_and_hand_checked_numbers(benchmark):
     out, runs = benchmark
     written = benchmark_report.write_report(SPEC, out, runs)
@@ -156,6 +157,7 @@ def test_report_json_has_the_issues_shape_and_hand_checked_numbers(benchmark):
     assert all(p.stat().st_size > 0 for p in written)
 
 
+@pytest.mark.slow
 def test_tables_show_rows_claims_sampling_error_and_what_is_missing(benchmark):
     out, runs = benchmark
     benchmark_report.write_report(SPEC, out, runs)
@@ -168,6 +170,7 @@ def test_tables_show_rows_claims_sampling_error_and_what_is_missing(benchmark):
     assert "2 seeds (t) | not shown | 0: 0.5, 1: 0.25 |" in text  # 2·(½)³ for b10 = 3
 
 
+@pytest.mark.slow
 def test_an_evaluation_of_an_unfinished_checkpoint_is_missing(benchmark):
     out, runs = benchmark
     path = runs[0]["folder"] / "eval-last-full.json"

@@ -101,6 +101,7 @@ def test_accelerate_loop_one_process():
     assert result["processes"] == 1 and result["main"]
 
 
+@pytest.mark.slow
 def test_accelerate_launch_starts_two_processes_on_a_cpu_and_matches_one(tmp_path):
     # The documented command starts 2 processes on a CPU machine; with normalize="global" their step
     # is the step of one process on the whole batch (no random start: the same attack in both runs).

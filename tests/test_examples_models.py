@@ -33,6 +33,7 @@ def test_resnet18_parameter_count_and_shape():
     assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_wrn_34_10_parameter_count_and_shape(wrn_34_10):
     # The TRADES WRN-34-10 (GAIRAT's and MAIL's "WRN-32-10").
     assert _count(wrn_34_10) == 46_160_474
@@ -40,6 +41,7 @@ def test_wrn_34_10_parameter_count_and_shape(wrn_34_10):
         assert wrn_34_10.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_wrn_28_10_depth():
     model = WideResNet(depth=28, widen_factor=10, num_classes=10)
     # Four wide blocks per stage for depth 28, five for depth 34.

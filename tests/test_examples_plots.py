@@ -53,6 +53,7 @@ def test_shared_prefix_found_once_and_branches_start_at_the_branch_point():
     assert own["other"] == OTHER
 
 
+@pytest.mark.slow
 def test_curves_draw_the_prefix_once_and_leave_out_empty_panels(figures, tmp_path, capsys):
     path = plots.plot_curves({"gairat": GAIRAT, "at": AT}, tmp_path / "c.png")
     assert f"figure: {path}" in capsys.readouterr().out

@@ -28,6 +28,7 @@ def test_toy_data_are_two_balanced_classes_on_the_plane():
         assert float(x.abs().max()) < 3  # on the scale ε is given in
 
 
+@pytest.mark.slow
 def test_every_method_learns_and_reweights(result):
     assert set(result["accuracy"]) == {"moons", "circles"}
     for rows in result["accuracy"].values():
@@ -40,6 +41,7 @@ def test_every_method_learns_and_reweights(result):
         assert rows["gairat"]["top10_weight"] > 0.15 and rows["mail-at"]["top10_weight"] > 0.1
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(result, tmp_path):
     again = quickstart.main([*REDUCED, "--toys=moons", "--no-figure"])
     assert again["accuracy"]["moons"] == result["accuracy"]["moons"]

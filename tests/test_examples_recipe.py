@@ -87,6 +87,7 @@ def test_eps_ramp_per_batch_is_logged_and_matches_the_formula(mnist_root, tmp_pa
     assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(state.values())))
 
 
+@pytest.mark.slow
 def test_resume_mid_ramp_is_bit_identical(mnist_root, tmp_path):
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
     common = [*RAMP, "--method=mail-at", "--set=burn_in_epochs=1", f"--data-root={mnist_root}"]

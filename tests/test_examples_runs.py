@@ -183,6 +183,7 @@ def write_old_run_folder(out: Path, state: dict, best: dict, log: list, config_j
     (out / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
 
 
+@pytest.mark.slow
 def test_a_run_folder_in_the_earlier_format_resumes_bit_exact(data_root, tmp_path):
     gairat = ("--method=gairat", "--set=burn_in_epochs=1", "--best-window", "0", "1")
     straight, piece, old = tmp_path / "straight", tmp_path / "piece", tmp_path / "old"

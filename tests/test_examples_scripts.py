@@ -156,6 +156,7 @@ def test_bad_arguments_say_how_to_fix():
 # --- train.py ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_writes_log_checkpoint_and_status(straight):
     log = run_files.read_log(straight / "log.jsonl")
     assert [r["epoch"] for r in log] == [0, 1]
@@ -178,6 +179,7 @@ def test_run_writes_log_checkpoint_and_status(straight):
     assert config["config"]["method"] == "gairat" and config["processes"] == 1
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(straight, data_root, tmp_path):
     out = tmp_path / "pieces"
     first = train.main(
@@ -207,6 +209,7 @@ def test_resume_is_bit_exact(straight, data_root, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_branch_from_a_shared_prefix_equals_the_straight_run(straight, data_root, tmp_path):
     # GAIRAT's burn-in is AT (uniform start, CE, uniform weights): AT for epoch 0, then GAIRAT.
     prefix, branch = tmp_path / "prefix", tmp_path / "branch"
@@ -268,6 +271,7 @@ def test_resume_refuses_other_settings_and_reuse_needs_resume(straight, data_roo
         train.main(tiny(data_root, "--method=gairat", f"--out={straight}"))
 
 
+@pytest.mark.slow
 def test_max_minutes_stops_before_an_epoch_that_would_not_fit(data_root, tmp_path):
     out = tmp_path / "budget"
     train.main(tiny(data_root, "--method=at", f"--out={out}", "--stop-after=1"))
@@ -277,6 +281,7 @@ def test_max_minutes_stops_before_an_epoch_that_would_not_fit(data_root, tmp_pat
     assert result is not None and result.epochs_done == 1 and not result.complete
 
 
+@pytest.mark.slow
 def test_fast_path_bf16_channels_last_runs_on_cpu(data_root, tmp_path):
     # The GPU default (bf16 autocast, channels-last), exercised on the CPU.
     config = TrainConfig(
@@ -293,6 +298,7 @@ def test_fast_path_bf16_channels_last_runs_on_cpu(data_root, tmp_path):
 @pytest.mark.skipif(
     not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo"
 )
+@pytest.mark.slow
 def test_torchrun_two_processes_with_global_weights(data_root, tmp_path):
     out = tmp_path / "ddp"
     command = [
@@ -350,6 +356,7 @@ def test_builtin_table_specs_are_consistent():
                       "MAIL-TRADES": "trades", "MART": None, "FAT": None, "AWP": None}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_reproduce_tiny_table_in_pieces(data_root, tmp_path, capsys):
     spec = {
         "name": "tiny",
@@ -420,6 +427,7 @@ def test_reproduce_rejects_unknown_rows_and_tables(tmp_path):
 # --- plots.py ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plots_draw_or_say_matplotlib_is_missing(straight, tmp_path, capsys, monkeypatch):
     try:
         import matplotlib  # noqa: F401

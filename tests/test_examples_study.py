@@ -56,6 +56,7 @@ def test_balanced_subset_refuses_what_the_split_cannot_give():
         balanced_subset((images, labels), 4, 2)
 
 
+@pytest.mark.slow
 def test_train_size_is_recorded_and_kept_on_resume(data_root, tmp_path):
     out = tmp_path / "run"
     common = [*TINY, f"--data-root={data_root}", "--no-progress", f"--out={out}"]
@@ -99,6 +100,7 @@ def test_mnist_study_spec_and_preset():
     assert settings["attacks"]["aa"]["attacks"] == ["apgd-ce", "apgd-t"]
 
 
+@pytest.mark.slow
 def test_a_table_without_paper_numbers(data_root, tmp_path):
     spec = {
         "name": "study",

@@ -45,6 +45,7 @@ def test_doctests(module):
     assert doctest.testmod(module).failed == 0
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_stage_and_writes_the_combined_file(smoke):
     out, data = smoke
     names = [s.name for s in cal.plan(out, "cpu", smoke=True)]
@@ -60,6 +61,7 @@ def test_smoke_runs_every_stage_and_writes_the_combined_file(smoke):
     assert {"torch", "date"} <= set(data["machine"])
 
 
+@pytest.mark.slow
 def test_smoke_results_are_finite_and_positive(smoke):
     _, data = smoke
     for section in ("kappa_overhead", "weights_overhead", "attack_vs_official"):
@@ -89,6 +91,7 @@ def test_smoke_results_are_finite_and_positive(smoke):
     assert math.isfinite(agreement["pgd20_difference_points"])
 
 
+@pytest.mark.slow
 def test_epoch_stage_times_the_mail_preset_after_its_burn_in(smoke):
     _, data = smoke
     (run,) = data["epoch_seconds"].values()
@@ -101,6 +104,7 @@ def test_epoch_stage_times_the_mail_preset_after_its_burn_in(smoke):
     )
 
 
+@pytest.mark.slow
 def test_mfu_is_null_with_a_note_on_a_device_without_a_known_peak(smoke):
     _, data = smoke
     assert data["calibration"]["peak_bf16_tflops"] is None
@@ -129,6 +133,7 @@ def _python(code: str) -> tuple:
     return ("-c", code)
 
 
+@pytest.mark.slow
 def test_results_reach_the_disk_stage_by_stage(tmp_path):
     """A stage that fails, one that hangs and one over budget leave the first stage's results."""
     combined = tmp_path / COMBINED

@@ -189,6 +189,7 @@ def test_l2_evaluation_matches_the_closed_form_on_a_linear_model(attack):
     assert torch.equal(linf, linf_expected) and not torch.equal(linf, expected)
 
 
+@pytest.mark.slow
 def test_l2_autoattack_matches_the_closed_form_on_a_linear_model():
     pytest.importorskip("pyautoattack")
     linear, model, x, y = _images_model(4)

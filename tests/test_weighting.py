@@ -110,6 +110,7 @@ def test_the_reported_overflow_is_gone():
     assert int(got.argmax()) == 2  # the least robust example keeps the largest weight
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [1, 10, 50])
 def test_gairat_weights_over_the_whole_range_of_lambda(steps):
     generator = torch.Generator().manual_seed(steps)
