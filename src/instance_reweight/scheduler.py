@@ -7,7 +7,7 @@ epoch (or, for the ε ramp, of every batch with a fractional epoch).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ._checks import check_int, check_number
 from .attack import GeometryAwareAttack
@@ -19,6 +19,20 @@ __all__ = ["BurnInScheduler", "EpsilonScheduler"]
 Lam = Union[float, Callable[[int], float]]
 
 _STATE_KEYS = ("burn_in_epochs", "lam", "last_epoch")
+
+
+def _check_state(state_dict: object, keys: Tuple[str, ...], owner: str) -> None:
+    """``state_dict`` must be a mapping with exactly ``keys``, as ``owner.state_dict()`` gives."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"Expected `state_dict` to be the dict of {owner}.state_dict(), got "
+            f"{type(state_dict).__name__}."
+        )
+    if set(state_dict) != set(keys):
+        raise ValueError(
+            f"Expected `state_dict` with the keys {', '.join(keys)} (from {owner}.state_dict()), got "
+            f"{sorted(map(str, state_dict))}."
+        )
 
 
 def _lam_value(value: Any, epoch: int, name: str = "lam") -> float:
@@ -128,16 +142,7 @@ class BurnInScheduler:
 
         Every value is checked before any is applied: a bad state changes nothing.
         """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(
-                "Expected `state_dict` to be the dict of BurnInScheduler.state_dict(), got "
-                f"{type(state_dict).__name__}."
-            )
-        if set(state_dict) != set(_STATE_KEYS):
-            raise ValueError(
-                f"Expected `state_dict` with the keys {', '.join(_STATE_KEYS)} (from "
-                f"BurnInScheduler.state_dict()), got {sorted(map(str, state_dict))}."
-            )
+        _check_state(state_dict, _STATE_KEYS, "BurnInScheduler")
         burn_in_epochs = check_int(state_dict["burn_in_epochs"], "state_dict['burn_in_epochs']", 0)
         last_epoch = check_int(
             state_dict["last_epoch"], "state_dict['last_epoch']", 0, " (0-based)"
@@ -268,16 +273,7 @@ class EpsilonScheduler:
 
         Every value is checked before any is applied: a bad state changes nothing.
         """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(
-                "Expected `state_dict` to be the dict of EpsilonScheduler.state_dict(), got "
-                f"{type(state_dict).__name__}."
-            )
-        if set(state_dict) != set(_EPS_STATE_KEYS):
-            raise ValueError(
-                f"Expected `state_dict` with the keys {', '.join(_EPS_STATE_KEYS)} (from "
-                f"EpsilonScheduler.state_dict()), got {sorted(map(str, state_dict))}."
-            )
+        _check_state(state_dict, _EPS_STATE_KEYS, "EpsilonScheduler")
         eps = check_number(state_dict["eps"], "state_dict['eps']", minimum=0.0)
         step_size = check_number(
             state_dict["step_size"], "state_dict['step_size']", minimum=0.0, strict=True
