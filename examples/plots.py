@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import arguments
 import numpy as np
 from monitoring import WEIGHT_BINS
 from run_files import read_log
@@ -345,7 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:
     parser.add_argument(
         "logs", nargs="+", type=Path, help="log.jsonl files or run folders (labelled by folder)"
     )
-    parser.add_argument("--out", type=Path, default=Path("curves.png"))
+    parser.add_argument("--out", type=arguments.output_file("--out"), default=Path("curves.png"))
     parser.add_argument(
         "--histograms", action="store_true", help="heat maps of the first log instead"
     )
@@ -364,4 +365,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    arguments.run(main, "plots.py")

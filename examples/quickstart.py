@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+import arguments
 import torch
+from arguments import AT_LEAST_ONE, NON_NEGATIVE, Bounds, numeric
 from torch import Tensor, nn
 
 import instance_reweight as ir
@@ -208,12 +209,16 @@ def draw_figure(toys: Dict[str, Trained], eps: float, out: Path) -> Optional[Pat
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Runs the demo; returns ``{"accuracy": {toy: {method: {"natural", "pgd20"}}}, "seconds", "figure"}``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=40, help="epochs per method (default 40)")
-    parser.add_argument("--n", type=int, default=1000, help="training and test points per toy")
-    parser.add_argument("--eps", type=float, default=0.15, help="ℓ∞ radius on the data's scale")
-    parser.add_argument("--seed", type=int, default=0)
+    count = numeric(AT_LEAST_ONE, integer=True)
+    parser.add_argument("--epochs", type=count, default=40, help="epochs per method (default 40)")
+    parser.add_argument("--n", type=numeric(Bounds(2), integer=True), default=1000,
+                        help="training and test points per toy")  # fmt: skip
+    parser.add_argument("--eps", type=numeric(NON_NEGATIVE), default=0.15,
+                        help="ℓ∞ radius on the data's scale")  # fmt: skip
+    parser.add_argument("--seed", type=numeric(NON_NEGATIVE, integer=True), default=0)
     parser.add_argument("--toys", default="moons,circles", help=f"among {', '.join(TOYS)}")
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="figure folder")
+    parser.add_argument("--out", type=arguments.output_folder("--out"), default=Path("runs/quickstart"),
+                        help="figure folder")  # fmt: skip
     parser.add_argument("--no-figure", action="store_true")
     args = parser.parse_args(argv)
     toys = args.toys.split(",")
@@ -275,7 +280,4 @@ def _run(args: argparse.Namespace, toys: Sequence[str]) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as err:
-        sys.exit(f"quickstart.py: error: {err}")
+    arguments.run(main, "quickstart.py")

@@ -22,6 +22,7 @@ sys.path.insert(0, str(EXAMPLES))
 
 import arguments  # noqa: E402
 import evaluate  # noqa: E402
+import quickstart  # noqa: E402
 import reproduce  # noqa: E402
 import run_files  # noqa: E402
 import table_spec  # noqa: E402
@@ -58,6 +59,15 @@ FLAGS = [
             ("--batch-size", AT_LEAST_ONE, True),
             ("--max-minutes", NON_NEGATIVE, False),
             ("--eps", NON_NEGATIVE, False),
+        ]
+    ],
+    *[
+        (quickstart.main, ["--no-figure"], flag, bounds, integer)
+        for flag, bounds, integer in [
+            ("--epochs", AT_LEAST_ONE, True),
+            ("--n", Bounds(2), True),
+            ("--eps", NON_NEGATIVE, False),
+            ("--seed", NON_NEGATIVE, True),
         ]
     ],
     *[
@@ -291,3 +301,20 @@ def test_the_atomic_writer_does_not_follow_a_symlink_at_its_temporary_path(tmp_p
     assert victim.read_text() == "keep me"
     assert not target.is_symlink() and json.loads(target.read_text()) == {"epochs_done": 1}
     assert not (tmp_path / ".status.json.tmp").exists()
+
+
+def test_plots_tells_a_missing_log_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "plots.py"), str(tmp_path / "no-run"),
+         "--out", str(tmp_path / "curves.png")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        == (
+            f"plots.py: error: Expected per-epoch records in every log, got none in "
+            f"{tmp_path / 'no-run' / 'log.jsonl'}."
+        )
+        or "Expected per-epoch records" in result.stderr
+    )
