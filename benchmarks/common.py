@@ -285,3 +285,9 @@ def ratio_cell(stats: Mapping[str, Any]) -> str:
 def seconds_cell(stats: Mapping[str, float]) -> str:
     """``2.41 s [2.38, 2.52]``: median and [min, max] of per-round times."""
     return f"{stats['median']:.3g} s [{stats['min']:.3g}, {stats['max']:.3g}]"
+
+
+def checked_flags() -> ModuleType:
+    """``examples/arguments.py``: the flag types (:func:`numeric`, :func:`device`) and ``run``, which
+    tells a user's mistake in one line with exit status 2, shared by the examples and the benchmarks."""
+    return example_module("arguments")

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 from common import (
+    checked_flags,
     command_line,
     default_output,
     example_module,
@@ -284,4 +285,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    checked_flags().run(main, "epoch.py")

@@ -38,6 +38,7 @@ import torch
 import workloads as w
 from common import (
     build_model,
+    checked_flags,
     command_line,
     default_output,
     example_module,
@@ -336,17 +337,27 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--models", nargs="+", default=["resnet18", "wrn-34-10"], help="names of examples/models.py"
     )
-    add("--batches", nargs="+", type=int, default=[128, 512])
+    flags = checked_flags()
+    count, optional = (
+        flags.numeric(flags.AT_LEAST_ONE, True),
+        flags.numeric(flags.NON_NEGATIVE, True),
+    )
+    add("--batches", nargs="+", type=count, default=[128, 512])
     add("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
     add("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
     add("--modes", nargs="+", choices=MODES, default=list(MODES))
     add("--compile-mode", default="default", help="torch.compile mode (inductor only)")
     add("--compile-backend", default="inductor")
-    add("--steps", type=int, default=10, help="PGD steps K")
-    add("--rounds", type=int, default=5, help="timed rounds (medians of these)")
-    add("--warmup", type=int, default=2, help="untimed rounds after the first calls")
-    add("--iters", type=int, default=3, help="training steps per variant and round")
-    add("--peak-tflops", type=float, default=None, help="dense bf16 peak, if not in the table")
+    add("--steps", type=count, default=10, help="PGD steps K")
+    add("--rounds", type=count, default=5, help="timed rounds (medians of these)")
+    add("--warmup", type=optional, default=2, help="untimed rounds after the first calls")
+    add("--iters", type=count, default=3, help="training steps per variant and round")
+    add(
+        "--peak-tflops",
+        type=flags.numeric(flags.POSITIVE),
+        default=None,
+        help="dense bf16 peak, if not in the table",
+    )
     add("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark for all")
     add("--data", type=Path, default=None, help="folder with cifar-10-batches-bin (agreement)")
     add("--agreement-model", default="resnet18")
@@ -461,4 +472,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    checked_flags().run(main, "gpu.py")

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from common import ROOT, command_line, default_output, device_name, save
+from common import ROOT, checked_flags, command_line, default_output, device_name, save
 from gpu import peak_tflops
 
 import instance_reweight as ir
@@ -359,7 +359,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     return calibrate(stages, out, device, budget_s=args.budget, record=record, env=env)
 
 
-if __name__ == "__main__":
-    results = main()
+def _exit_status(results: Dict[str, Any]) -> int:
+    """1 when a stage failed or timed out (a skipped stage is not a failure), else 0."""
     statuses = [s["status"] for s in results["calibration"]["stages"].values()]
-    sys.exit(1 if any(s.startswith(("failed", "timeout")) for s in statuses) else 0)
+    return 1 if any(s.startswith(("failed", "timeout")) for s in statuses) else 0
+
+
+if __name__ == "__main__":
+    checked_flags().run(lambda argv: sys.exit(_exit_status(main(argv))), "gpu_calibration.py")

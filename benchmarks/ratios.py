@@ -35,6 +35,7 @@ import torch
 import workloads as w
 from common import (
     build_model,
+    checked_flags,
     command_line,
     default_output,
     header,
@@ -238,11 +239,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--model", default="smallcnn", help="a name of examples/models.py")
-    add("--batch", type=int, default=64)
-    add("--steps", type=int, default=10, help="PGD steps K")
-    add("--rounds", type=int, default=25, help="timed rounds per comparison (medians of these)")
-    add("--warmup", type=int, default=2, help="untimed rounds first")
-    add("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
+    flags = checked_flags()
+    count, optional = (
+        flags.numeric(flags.AT_LEAST_ONE, True),
+        flags.numeric(flags.NON_NEGATIVE, True),
+    )
+    add("--batch", type=count, default=64)
+    add("--steps", type=count, default=10, help="PGD steps K")
+    add("--rounds", type=count, default=25, help="timed rounds per comparison (medians of these)")
+    add("--warmup", type=optional, default=2, help="untimed rounds first")
+    add("--threads", type=count, default=os.cpu_count(), help="torch.set_num_threads")
     add("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     add("--device", default="cpu")
     add("--out", type=Path, default=None, help="JSON file (default: per machine)")
@@ -284,4 +290,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    checked_flags().run(main, "ratios.py")

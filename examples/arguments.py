@@ -7,9 +7,9 @@ file written, with argparse's exit status 2. ``--device`` (:func:`device`) and t
 
 A *user error* is what :func:`run` reports in one line with exit status 2 instead of a traceback: a
 ``ValueError``, ``TypeError``, ``OSError`` or ``ImportError`` whose message follows the house rule
-(it starts with ``Expected``) and that was raised by this package's code (``examples/`` or
-``instance_reweight``), i.e. by a validator or a file check. Anything else is a bug and keeps its
-traceback.
+(it starts with ``Expected``) and that was raised by this package's code (``examples/``,
+``benchmarks/``, ``instance_reweight``), i.e. by a validator or a file check. Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -201,7 +201,13 @@ def _as_argument_type(check: Callable[[str], Path]) -> Callable[[str], Path]:
 
 
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
-_OURS = (str(Path(__file__).resolve().parent), str(Path(ir.__file__).resolve().parent))
+_EXAMPLES = Path(__file__).resolve().parent
+# The scripts' own code: examples/, the benchmarks beside it, and the library.
+_OURS = (
+    str(_EXAMPLES),
+    str(_EXAMPLES.parent / "benchmarks"),
+    str(Path(ir.__file__).resolve().parent),
+)
 
 
 def is_user_error(err: BaseException) -> bool:

@@ -103,3 +103,37 @@ def test_results_of_several_commands_merge_into_one_file(tmp_path):
 def test_forward_flops_matches_the_issue_count_for_resnet18():
     model = common.build_model("resnet18", torch.device("cpu"))
     assert gpu.forward_flops(model, torch.device("cpu")) == pytest.approx(1.11e9, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "script, flags",
+    [
+        ("ratios", ["--rounds", "0"]),
+        ("ratios", ["--threads", "nan"]),
+        ("ratios", ["--batch", "-1"]),
+        ("gpu", ["--iters", "0"]),
+        ("gpu", ["--peak-tflops", "inf"]),
+    ],
+)
+def test_a_bad_flag_is_refused_when_parsed(script, flags, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit) as info:
+        module.main(flags)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {flags[0]}: Expected" in err
+
+
+def test_a_user_error_of_a_benchmark_is_one_line(tmp_path):
+    import subprocess
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    result = subprocess.run(
+        [sys.executable, str(benchmarks / "gpu_calibration.py"), "--budget", "-1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        == "gpu_calibration.py: error: Expected --budget >= 0 seconds, got -1.0."
+    )
