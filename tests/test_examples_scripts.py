@@ -442,3 +442,16 @@ def test_plots_draw_or_say_matplotlib_is_missing(straight, tmp_path, capsys, mon
     assert plots.main([str(straight / "log.jsonl"), f"--out={tmp_path / 'x.png'}"]) is None
     assert "matplotlib is not installed" in capsys.readouterr().out
     assert not (tmp_path / "x.png").exists()
+
+
+def test_reproduce_reports_only_the_rows_it_was_given(tmp_path):
+    # Nothing trained: the report of --rows AT tables AT alone, not every row as "not trained".
+    out = tmp_path / "table"
+    reproduce.main(["mnist-study", f"--out={out}", "--rows=AT,GAIRAT", "--stage=report"])
+    table = [
+        line for line in (out / "mnist-study.md").read_text().splitlines() if line.startswith("| ")
+    ]
+    labels = [line.split("|")[1].strip() for line in table[1:]]  # after the header
+    assert labels == ["AT", "GAIRAT"]
+    details = json.loads((out / "mnist-study-details.json").read_text())
+    assert sorted(details["rows"]) == ["AT", "GAIRAT"]
