@@ -32,18 +32,8 @@ import paired_stats
 import plots
 import run_files
 from claim_plot import METRIC_TITLES, plot_claims
+from tables import COLUMN_OF_ATTACK
 
-# evaluation attack -> the benchmark's metric (the spec's "metric_of_attack" may extend it); the
-# spec's PGD-40 runs ir.evaluation's "pgd20" with 40 steps, as the MNIST study did
-METRIC_OF_ATTACK = {
-    "natural": "nat",
-    "pgd20": "pgd40",
-    "cw": "cw",
-    "aa": "aa",
-    "apgd-ce": "apgd_ce",
-    "apgd-t": "apgd_t",
-    "pgd20-ls": "lspgd",
-}
 METRICS = ("nat", "pgd40", "cw", "aa", "apgd_ce", "apgd_t", "lspgd")
 TITLES = {
     **METRIC_TITLES,
@@ -336,8 +326,8 @@ def write_report(
     Args:
         spec: the table spec, with ``"name"``, ``"rows"`` (``{"label", ...}``), ``"evaluations"``
             (``[{"name": pass, "args": [...]}]``), ``"claims"`` (``[{"id", "method", "baseline",
-            "directions": {metric: ±1}}]``) and optionally ``"preset"`` and ``"metric_of_attack"``
-            (added to :data:`METRIC_OF_ATTACK`).
+            "directions": {metric: ±1}}]``), ``"column_of_attack"`` (the metric each evaluation
+            attack gives, as for every table of ``tables.py``) and optionally ``"preset"``.
         out_dir: the benchmark's output folder.
         runs: ``{"label", "seed", "folder"}`` for every row and seed of the spec, finished or not.
 
@@ -348,7 +338,7 @@ def write_report(
         ValueError: a claim naming a metric outside :data:`METRICS` or a direction other than ±1.
     """
     out_dir = Path(out_dir)
-    metric_of = {**METRIC_OF_ATTACK, **spec.get("metric_of_attack", {})}
+    metric_of = {**COLUMN_OF_ATTACK, **spec.get("column_of_attack", {})}
     passes = [p["name"] for p in spec.get("evaluations", [])]
     records: Records = {row["label"]: {} for row in spec["rows"]}
     missing: Dict[str, Dict[int, List[str]]] = {}

@@ -41,7 +41,6 @@ SCHEMA: Dict[str, Any] = {
         "columns": {**_STRINGS, "minItems": 1, "uniqueItems": True},
         "column_of_attack": _NAMES,
         "column_titles": _NAMES,
-        "metric_of_attack": _NAMES,
         "notes": _STRINGS,
         "train_args": _STRINGS,
         "eval_args": _STRINGS,

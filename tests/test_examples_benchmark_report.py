@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import benchmark_report  # noqa: E402
 from paired_stats import pack_flags  # noqa: E402
+from tables import SPECS  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -39,6 +40,7 @@ SPEC = {
     "name": "mnist-benchmark",
     "preset": "mnist-benchmark",
     "rows": [{"label": "AT"}, {"label": "GAIRAT"}, {"label": "MART"}],
+    "column_of_attack": SPECS["mnist-benchmark"]["column_of_attack"],  # the benchmark's metrics
     "evaluations": [
         {"name": "full", "args": ["--eps", "0.3"]},
         {"name": "aa", "args": ["--eps", "0.3"]},
