@@ -45,6 +45,8 @@ from torch import Tensor, nn
 
 SEED = 0
 RESIDENT = 8
+# Image side of each data set (CIFAR-10/100 and SVHN: 32).
+IMAGE_SIZE = {"mnist": 28}
 # Training examples per epoch of each data set of examples/data.py (the official splits).
 TRAIN_SPLIT = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257, "mnist": 60_000}
 PASSES = ("loader", "step", "together")
@@ -102,10 +104,13 @@ def training_step(
     return step
 
 
-def synthetic_dataset(n: int, in_channels: int, num_classes: int) -> Batch:
-    """``n`` uniform ``uint8`` images of 32×32 and random labels: the timing does not depend on them."""
+def synthetic_dataset(n: int, in_channels: int, num_classes: int, size: int = 32) -> Batch:
+    """``n`` uniform ``uint8`` images of ``size``×``size`` and random labels: the timing does not
+    depend on them."""
     generator = torch.Generator().manual_seed(SEED)
-    images = torch.randint(0, 256, (n, in_channels, 32, 32), dtype=torch.uint8, generator=generator)
+    images = torch.randint(
+        0, 256, (n, in_channels, size, size), dtype=torch.uint8, generator=generator
+    )
     return images, torch.randint(0, num_classes, (n,), generator=generator)
 
 
@@ -128,6 +133,7 @@ def time_method(
         lr=recipe.lr,
         momentum=recipe.momentum,
         weight_decay=recipe.weight_decay,
+        optimizer=recipe.optimizer,
         overrides=recipe.overrides_for(method_name, config_module.accepted_overrides(method_name)),
         precision=args.precision,
     )
@@ -142,12 +148,7 @@ def time_method(
     forward: nn.Module = torch.compile(module) if args.compile else module
     method = config_module.make_method(config, forward)
     method.set_epoch(reweighting_epoch(recipe))
-    optimizer = torch.optim.SGD(
-        module.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = config_module.make_optimizer(config, module.parameters())  # the preset's
     fast = args.precision == "bf16"
     step = training_step(method, optimizer, device, fast=fast, channels_last=channels_last)
     forward.train()
@@ -228,7 +229,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = fast
         torch.backends.cudnn.benchmark = fast
     images, labels = synthetic_dataset(
-        args.train_examples or split, info.in_channels, info.num_classes
+        args.train_examples or split,
+        info.in_channels,
+        info.num_classes,
+        IMAGE_SIZE.get(recipe.data, 32),
     )
     loader = example_module("data").DeviceLoader(
         images,
