@@ -413,6 +413,16 @@ def instance_weights(
     The function form of :class:`InstanceWeighting`: ``InstanceWeighting(scheme, normalize=...,
     scale=..., **scheme_params)(kappa=..., margin=...)``.
 
+    Args:
+        scheme: the weight assignment function: a name of
+            :data:`~instance_reweight.schemes.SCHEMES` or a callable, as in :class:`InstanceWeighting`.
+        kappa: geometry values κ ``(N,)``, for the GAIRAT schemes.
+        margin: probabilistic margins PM ``(N,)``, for the MAIL schemes.
+        normalize: ``"batch"``, ``"global"`` or ``"none"``, as in :class:`InstanceWeighting`.
+        scale: the factor on every weight.
+        **scheme_params: the scheme's parameters (``steps``, ``lam``, ``slope``, ``bias``, ``alpha``)
+            and ``space``, as in :class:`InstanceWeighting`.
+
     Returns:
         ``(N,)`` float32 weights without gradient, on the signal's device, never NaN.
 
@@ -444,7 +454,14 @@ def instance_reweighted_loss(
 
     Args:
         losses: per-example losses ``(N,)``, e.g. ``F.cross_entropy(logits, y, reduction="none")``.
-        scheme, kappa, margin, normalize, scale, scheme_params: as in :class:`InstanceWeighting`.
+        scheme: the weight assignment function: a name of
+            :data:`~instance_reweight.schemes.SCHEMES` or a callable, as in :class:`InstanceWeighting`.
+        kappa: geometry values κ ``(N,)``, for the GAIRAT schemes.
+        margin: probabilistic margins PM ``(N,)``, for the MAIL schemes.
+        normalize: ``"batch"``, ``"global"`` or ``"none"``, as in :class:`InstanceWeighting`.
+        scale: the factor on every weight.
+        **scheme_params: the scheme's parameters (``steps``, ``lam``, ``slope``, ``bias``, ``alpha``)
+            and ``space``, as in :class:`InstanceWeighting`.
 
     Returns:
         A scalar in the dtype of ``losses`` (at least float32); ``0`` for an empty batch.
