@@ -166,8 +166,8 @@ class InstanceWeighting:
 
     .. math::
         w_i = s\cdot N\,\frac{\omega_i}{\sum_j \omega_j} = s\cdot N\,\mathrm{softmax}(\log\omega)_i
-        \ (\text{"batch"}), \qquad
-        w_i = s\cdot\omega_i \ (\text{"none"}), \qquad
+        \ (\texttt{batch}), \qquad
+        w_i = s\cdot\omega_i \ (\texttt{none}), \qquad
         \mathrm{reduce}(\ell) = \frac1N \sum_i w_i\,\ell_i
 
     with :math:`\omega_i` the scheme's raw weight of example *i* (see
