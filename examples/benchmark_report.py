@@ -54,8 +54,8 @@ def read_run(
 ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any], List[str]]:
     """One run's per-image outcomes by metric, the settings they came with, and what is missing.
 
-    An evaluation counts only if it is of the run's final checkpoint (its epoch is the run's
-    ``epochs``); an attack it has not finished is missing.
+    An evaluation counts only if it is of the run's final checkpoint (its ``epochs_done`` is the
+    run's ``epochs``); an attack it has not finished is missing.
 
     Returns:
         ``(outcomes, settings, missing)``: ``{metric: (n,) bool}``; ``{"eps", "device", "torch",
@@ -71,9 +71,9 @@ def read_run(
         if not record:
             missing.append(f"pass {name!r}: no {path.name}")
             continue
-        final = record["config"].get("epochs")
-        if record["epoch"] != final:
-            missing.append(f"pass {name!r}: evaluated after epoch {record['epoch']} of {final}")
+        final, done = record["config"].get("epochs"), run_files.epochs_done(record)
+        if done != final:
+            missing.append(f"pass {name!r}: evaluated after {done} of {final} epochs")
             continue
         flags = evaluate.read_records(record)
         for attack, params in record["settings"]["attacks"].items():

@@ -227,7 +227,7 @@ def evaluate_checkpoint(
         state: the checkpoint already loaded with :func:`run_files.load_checkpoint` (else it is).
 
     Returns:
-        ``{"checkpoint", "epoch", "config", "protocol", "eps_from", "settings", "accuracy":
+        ``{"checkpoint", "epochs_done", "config", "protocol", "eps_from", "settings", "accuracy":
         {attack: acc}, "seconds": {attack: s}, "complete", "device", "torch", "records": {"first",
         "n", "flags": {attack: packed outcomes}}, ...}`` (see :func:`read_records`).
 
@@ -260,7 +260,7 @@ def evaluate_checkpoint(
     model = run_files.model_from_checkpoint(state).to(where)
     record: Dict[str, Any] = {
         "checkpoint": str(checkpoint),
-        "epoch": int(state["epoch"]),
+        "epochs_done": int(state["epochs_done"]),
         "config": state["config"],
         "protocol": protocol,
         "eps_from": eps_from,
@@ -321,7 +321,8 @@ def _previous(out: Optional[Path], record: Dict[str, Any]) -> Dict[str, Dict[str
     if out is None or not out.is_file():
         return {}
     old = json.loads(out.read_text())
-    same_run = old.get("epoch") == record["epoch"] and old.get("config") == record["config"]
+    same_epochs = "config" in old and run_files.epochs_done(old) == record["epochs_done"]
+    same_run = same_epochs and old["config"] == record["config"]
     ball = ("eps", "norm")
     same = same_run and all(old.get("settings", {}).get(k) == record["settings"][k] for k in ball)
     if not same:
@@ -441,7 +442,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     accuracy = ", ".join(f"{k} {100 * v:.2f}%" for k, v in record["accuracy"].items())
     done = "" if record["complete"] else " (incomplete: run again to continue)"
     print(
-        f"{checkpoint} (after epoch {record['epoch'] - 1}, 0-based), protocol "
+        f"{checkpoint} (after epoch {record['epochs_done'] - 1}, 0-based), protocol "
         f"{args.protocol or 'default'}, ε = {eps:.4g} ({_BALL[norm]}, "
         f"{eps_tag(eps).replace('-', '/')}; from "
         f"{record['eps_from']}): {accuracy}{done} -> {out}"

@@ -505,7 +505,7 @@ class Reproduction:
             if unit.kind != "row" or not self.trained(unit):
                 continue
             state = run_files.load_checkpoint(unit.folder / "checkpoint.pt")
-            keep = ("format", "config", "epoch", "model", "lineage")
+            keep = ("format", "config", "epochs_done", "model", "lineage")
             target = folder / "checkpoints" / f"{unit.name}.pt"
             target.parent.mkdir(parents=True, exist_ok=True)
             run_files.save_atomic({k: state[k] for k in keep}, target)
@@ -596,7 +596,7 @@ class Reproduction:
             "device": config.get("device"),
             "seed": (config.get("config") or {}).get("seed"),
             "commands": self._commands(row),
-            "best_epoch": evals.get("best", {}).get("epoch"),
+            "best_epoch": run_files.epochs_done(evals["best"]) - 1 if evals.get("best") else None,
         }
 
     def _commands(self, row: Dict[str, Any]) -> List[str]:

@@ -8,6 +8,13 @@ One run lives in one folder::
     OUT/log.jsonl        one JSON object per epoch (see ``monitoring.EpochStats`` and ``monitor``)
     OUT/status.json      epochs done, whether the run is complete, the best epoch
 
+Epochs follow one convention in every file and line: an *epoch* is named by its 0-based index, as
+in ``for epoch in range(epochs)`` and ``method.set_epoch(epoch)`` (``log.jsonl``'s ``epoch``, the
+best epoch, ``--lr-schedule``, ``--best-window``, plots); a *count* is ``epochs`` (asked for) or
+``epochs_done`` (held by a checkpoint, an evaluation, ``status.json``), one more than the last epoch
+trained. Checkpoints and evaluation files written before this convention name the count ``epoch``;
+:func:`load_checkpoint` and :func:`epochs_done` read them.
+
 The loop touches them through three calls: :func:`start` (a new, resumed or branched run),
 :func:`write_start` (``config.json`` and the log kept) and :func:`save_epoch` (after every epoch).
 """
@@ -154,7 +161,15 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
             f"Expected the content of '{path}' to match the checksum stored with it, got a "
             f"different one: the file is corrupted (flipped bytes). {fix}"
         )
+    if "epochs_done" not in state:
+        state["epochs_done"] = state.pop("epoch")  # the count's name before the convention
     return state
+
+
+def epochs_done(record: Dict[str, Any]) -> int:
+    """The epochs an evaluation record (or checkpoint) holds: ``epochs_done``, or ``epoch`` in one
+    written before the convention (the same count under its old name)."""
+    return int(record["epochs_done"] if "epochs_done" in record else record["epoch"])
 
 
 def model_from_checkpoint(state: Dict[str, Any]) -> nn.Module:
@@ -249,7 +264,7 @@ class Start:
     @property
     def epoch(self) -> int:
         """The first epoch to train (0-based): the epochs the checkpoint holds."""
-        return 0 if self.checkpoint is None else int(self.checkpoint["epoch"])
+        return 0 if self.checkpoint is None else int(self.checkpoint["epochs_done"])
 
     @property
     def best(self) -> Optional[Dict[str, Any]]:
@@ -293,7 +308,7 @@ def start(config: TrainConfig, out: Path, resume: bool, init_from: Optional[Path
         "data, model, batch size and seed as the checkpoint branched from",
         "Branch with the prefix's settings (the same --preset).",
     )
-    lineage = list(state["lineage"]) + [{**segment, "first_epoch": int(state["epoch"])}]
+    lineage = list(state["lineage"]) + [{**segment, "first_epoch": int(state["epochs_done"])}]
     return Start(state, lineage, _log_before(init_from.parent, state), resumed=False)
 
 
@@ -313,7 +328,7 @@ def _check_same(
 
 def _log_before(folder: Path, state: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The log records of ``folder`` for the epochs its checkpoint ``state`` holds."""
-    return [r for r in read_log(folder / "log.jsonl") if r["epoch"] < state["epoch"]]
+    return [r for r in read_log(folder / "log.jsonl") if r["epoch"] < state["epochs_done"]]
 
 
 def write_start(
@@ -361,17 +376,17 @@ def save_epoch(
     dicts and the ``lineage``.
     """
     _append_line(out / "log.jsonl", json.dumps(record))
-    epochs_done = record["epoch"] + 1
-    header = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epoch": epochs_done}
+    done = record["epoch"] + 1
+    header = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "epochs_done": done}
     if _improves(config, record, best):
         best = {"epoch": record["epoch"], "test_pgd_acc": record["test_pgd_acc"]}
         save_atomic({**header, "model": training_state["model"], "best": best}, out / "best.pt")
     save_atomic({**header, **training_state, "best": best}, out / "checkpoint.pt")
     write_json_atomic(
         {
-            "epochs_done": epochs_done,
+            "epochs_done": done,
             "epochs": config.epochs,
-            "complete": epochs_done >= config.epochs,
+            "complete": done >= config.epochs,
             "best": best,
         },
         out / "status.json",

@@ -491,7 +491,7 @@ def markdown(
         spec: the table spec (``SPECS``).
         ours: our numbers by row label (:func:`our_numbers`).
         details: by row label, the row's ``status``, ``seconds_per_epoch``, ``train_minutes``,
-            ``eval_minutes``, ``lineage``, ``best_epoch`` and ``commands``.
+            ``eval_minutes``, ``lineage``, ``best_epoch`` (0-based) and ``commands``.
         setting: the evaluation ``settings``, ``seeds`` and ``devices``.
         command: the ``reproduce.py`` command.
     """
@@ -580,8 +580,8 @@ def _notes(
             lines.append(
                 f"- {label}: {', then '.join(parts)} (shared prefix, branched with --init-from)."
             )
-        if info["best_epoch"]:
-            lines.append(f"- {label}: best checkpoint at epoch {info['best_epoch'] - 1} (0-based).")
+        if info["best_epoch"] is not None:
+            lines.append(f"- {label}: best checkpoint at epoch {info['best_epoch']} (0-based).")
     return lines
 
 

@@ -59,7 +59,7 @@ def test_records_decode_to_the_accuracies_and_pass_name_picks_the_file(run):
         assert not (flags & ~outcomes["natural"]).any()  # robust implies correct
     # the flags are ir.evaluation's per-image masks of the same model and images
     assert record["settings"]["attacks"]["pgd20"]["steps"] == 3
-    assert record["epoch"] == 1 and record["accuracy"].keys() == {"natural", "pgd20", "cw"}
+    assert record["epochs_done"] == 1 and record["accuracy"].keys() == {"natural", "pgd20", "cw"}
 
 
 def test_records_are_kept_on_resume_and_a_subset_size_is_named(run, tmp_path):

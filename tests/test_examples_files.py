@@ -27,7 +27,7 @@ def data_root(tmp_path_factory) -> Path:
 STATE = {
     "format": run_files.CHECKPOINT_FORMAT,
     "config": {"method": "at"},
-    "epoch": 3,
+    "epochs_done": 3,
     "model": {"w": torch.arange(64, dtype=torch.float32), "b": torch.tensor(0.5)},
     "lineage": [{"method": "at", "first_epoch": 0}],
 }
@@ -48,7 +48,7 @@ def test_digest_sees_every_tensor_byte_and_every_value():
     flipped = {**STATE, "model": {**STATE["model"], "w": STATE["model"]["w"].clone()}}
     flipped["model"]["w"][17] = 17.000002
     assert run_files.state_digest(flipped) != base
-    assert run_files.state_digest({**STATE, "epoch": 4}) != base
+    assert run_files.state_digest({**STATE, "epochs_done": 4}) != base
     as_tuple = {**STATE, "lineage": tuple(STATE["lineage"])}
     assert run_files.state_digest(as_tuple) == base
 
@@ -79,7 +79,16 @@ def test_empty_truncated_or_garbage_checkpoint_names_the_file(tmp_path, damage):
 def test_checkpoint_without_checksum_still_loads(tmp_path):
     path = tmp_path / "old.pt"
     torch.save(STATE, path)
-    assert run_files.load_checkpoint(path)["epoch"] == 3
+    assert run_files.load_checkpoint(path)["epochs_done"] == 3
+
+
+def test_a_count_stored_under_its_old_name_epoch_reads_as_epochs_done(tmp_path):
+    old = {("epoch" if k == "epochs_done" else k): v for k, v in STATE.items()}
+    for path, save in ((tmp_path / "old.pt", torch.save), (tmp_path / "ck.pt", run_files.save_atomic)):
+        save(old, path)
+        loaded = run_files.load_checkpoint(path)
+        assert loaded["epochs_done"] == 3 and "epoch" not in loaded
+    assert run_files.epochs_done({"epoch": 3}) == run_files.epochs_done({"epochs_done": 3}) == 3
 
 
 def test_previous_checkpoint_is_kept_when_the_new_one_does_not_verify(tmp_path, monkeypatch):
@@ -94,7 +103,7 @@ def test_previous_checkpoint_is_kept_when_the_new_one_does_not_verify(tmp_path, 
 
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(ValueError, match="complete checkpoint"):
-        run_files.save_atomic({**STATE, "epoch": 4}, path)
+        run_files.save_atomic({**STATE, "epochs_done": 4}, path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".*tmp"))
 

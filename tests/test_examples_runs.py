@@ -88,7 +88,7 @@ def test_ctrl_c_exits_with_one_line_and_keeps_the_last_epoch(data_root, tmp_path
     message = str(stop.value.code)
     assert "\n" not in message and "holds epochs 0..0" in message
     assert f"--out {out} --resume" in message
-    assert run_files.load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert run_files.load_checkpoint(out / "checkpoint.pt")["epochs_done"] == 1
     assert not list(out.glob(".*tmp"))
 
 
@@ -160,7 +160,8 @@ def test_checkpoint_digest_is_stable_across_save_and_load(smoke):
 
 
 # The run folder's files and keys as the scripts wrote them before training.py was split (58867ee):
-# another session may hold folders started then, and they must resume.
+# another session may hold folders started then, and they must resume. The checkpoints' count of
+# epochs done was then named "epoch"; a resumed run writes it as "epochs_done".
 CHECKPOINT_KEYS = ["format", "config", "epoch", "model", "optimizer", "burn_in", "lineage", "best"]
 BEST_KEYS = ["format", "config", "epoch", "model", "best"]
 STATUS_KEYS = ["epochs_done", "epochs", "complete", "best"]
@@ -172,6 +173,7 @@ def write_old_run_folder(out: Path, state: dict, best: dict, log: list, config_j
     """A run folder in the earlier format, written here key by key (the checkpoint unchecksummed, as
     the oldest ones are)."""
     out.mkdir()
+    state, best = ({"epoch": s["epochs_done"], **s} for s in (state, best))
     torch.save(
         {key: state[key] for key in CHECKPOINT_KEYS}, out / "checkpoint.pt"
     )  # format "instance_reweight-examples/1"
@@ -190,7 +192,7 @@ def test_a_run_folder_in_the_earlier_format_resumes_bit_exact(data_root, tmp_pat
     train.main(tiny(data_root, *gairat, f"--out={straight}"))
     train.main(tiny(data_root, *gairat, f"--out={piece}", "--stop-after=1"))
     state = torch.load(piece / "checkpoint.pt", weights_only=True)
-    assert state["format"] == "instance_reweight-examples/1" and state["epoch"] == 1
+    assert state["format"] == "instance_reweight-examples/1" and state["epochs_done"] == 1
     best = torch.load(piece / "best.pt", weights_only=True)
     config_json = json.loads((piece / "config.json").read_text())
     write_old_run_folder(old, state, best, run_files.read_log(piece / "log.jsonl"), config_json)
@@ -198,11 +200,13 @@ def test_a_run_folder_in_the_earlier_format_resumes_bit_exact(data_root, tmp_pat
     result = train.main([f"--out={old}", "--resume", "--no-progress"])
     assert result is not None and (result.epochs_done, result.complete) == (2, True)
     ours, reference = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (old, straight))
-    assert list(ours) == [*CHECKPOINT_KEYS, "sha256"]
+    renamed = [("epochs_done" if k == "epoch" else k) for k in CHECKPOINT_KEYS]
+    assert list(ours) == [*renamed, "sha256"]
     for key, value in reference["model"].items():
         assert torch.equal(ours["model"][key], value), key
-    # best.pt is rewritten only when an epoch beats the best so far; either way in this format.
-    assert [k for k in torch.load(old / "best.pt", weights_only=True) if k != "sha256"] == BEST_KEYS
+    # best.pt is rewritten only when an epoch beats the best so far (with the count renamed).
+    best_keys = [k for k in torch.load(old / "best.pt", weights_only=True) if k != "sha256"]
+    assert best_keys in (BEST_KEYS, [("epochs_done" if k == "epoch" else k) for k in BEST_KEYS])
     status = json.loads((old / "status.json").read_text())
     assert list(status) == STATUS_KEYS and status["complete"] and status["epochs_done"] == 2
     assert list(json.loads((old / "config.json").read_text())) == CONFIG_JSON_KEYS

@@ -173,7 +173,7 @@ def test_run_writes_log_checkpoint_and_status(straight):
     assert log[1]["weight_mean"] == pytest.approx(1.0, abs=1e-5)
     assert sum(log[1]["weight_hist"]) == 80
     state = torch.load(straight / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 2 and state["burn_in"]["burn_in_epochs"] == 1
+    assert state["epochs_done"] == 2 and state["burn_in"]["burn_in_epochs"] == 1
     assert json.loads((straight / "status.json").read_text())["complete"] is True
     config = json.loads((straight / "config.json").read_text())
     assert config["config"]["method"] == "gairat" and config["processes"] == 1
@@ -315,7 +315,7 @@ def test_torchrun_two_processes_with_global_weights(data_root, tmp_path):
     assert log[1]["weight_mean"] == pytest.approx(1.0, abs=1e-5)
     config = json.loads((out / "config.json").read_text())
     assert config["processes"] == 2 and config["config"]["overrides"]["normalize"] == "global"
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epochs_done"] == 2
 
 
 # --- evaluate.py ------------------------------------------------------------------------------
@@ -331,10 +331,16 @@ def test_evaluate_writes_json_and_continues(straight, data_root, tmp_path):
     assert (
         first["settings"]["eps"] == 0.031 and first["settings"]["attacks"]["pgd20"]["steps"] == 20
     )
-    assert first["mode"] == "eval, float32" and first["epoch"] == 2
+    assert first["mode"] == "eval, float32" and first["epochs_done"] == 2
     second = evaluate.main([*common, "--attacks=natural,pgd20,cw"])
     assert second["seconds"]["pgd20"] == first["seconds"]["pgd20"]  # reused, not recomputed
     assert json.loads(out.read_text())["accuracy"].keys() == {"natural", "pgd20", "cw"}
+    # A file written before the epoch convention names the count "epoch"; its results still apply.
+    old = json.loads(out.read_text())
+    old["epoch"] = old.pop("epochs_done")
+    out.write_text(json.dumps(old))
+    third = evaluate.main([*common, "--attacks=natural,pgd20,cw"])
+    assert third["seconds"] == second["seconds"] and third["epochs_done"] == 2
 
 
 # --- reproduce.py -----------------------------------------------------------------------------
