@@ -6,7 +6,9 @@ as the Markdown that mkdocstrings expects, so the API reference shows maths, lin
 - ``:math:`x``` becomes ``$x$``; ``:sub:`x``` becomes ``<sub>x</sub>``;
 - ``:class:`~instance_reweight.X``` (a full path into the package) becomes a link ``[X][instance_reweight.X]``;
   any other role (``:meth:`step```, ``:func:`evaluate```) becomes code, ``X`` or ``step()``;
-- an ``Example:`` section header becomes ``Examples:``, the section Griffe parses as doctests.
+- an ``Example:`` section header becomes ``Examples:``, the section Griffe parses as doctests;
+- a reStructuredText simple table (``====  ====`` borders, one header row, one line per row) becomes a
+  Markdown table, double backquotes in its cells single ones.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ _MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _SUB_ROLE = re.compile(r":sub:`([^`]+)`")
 _REF_ROLE = re.compile(r":(class|meth|func|attr|data|mod|exc):`(~?)([\w.]+)`")
 _EXAMPLE = re.compile(r"^([ \t]*)Example:[ \t]*$", re.M)
+_BORDER = r"[ \t]*=+(?: +=+)+[ \t]*\n"
+_SIMPLE_TABLE = re.compile(
+    rf"^(?P<top>{_BORDER})(?P<head>.*\n)(?:{_BORDER})(?P<body>(?:(?!{_BORDER}).*\S.*\n)+)(?:{_BORDER})",
+    re.M,
+)
 
 
 def _math_block(match: re.Match[str]) -> str:
     indent = match.group("indent")
-    body = "\n".join(line.strip() for line in match.group("body").strip("\n").splitlines())
+    body = f"\n{indent}".join(line.strip() for line in match.group("body").strip("\n").splitlines())
     return f"{indent}$$\n{indent}{body}\n{indent}$$\n\n"
 
 
@@ -41,8 +48,23 @@ def _reference(match: re.Match[str]) -> str:
     return f"`{name}`"
 
 
+def _simple_table(match: re.Match[str]) -> str:
+    border = match.group("top").rstrip("\n")
+    columns = [(m.start(), m.end()) for m in re.finditer("=+", border)]
+    starts = [a for a, _ in columns] + [None]
+
+    def row(line: str) -> str:
+        cells = [line[a:b].strip().replace("``", "`") for a, b in zip(starts, starts[1:])]
+        return "| " + " | ".join(cells) + " |\n"
+
+    lines = [match.group("head"), *match.group("body").splitlines(keepends=True)]
+    rule = "|" + "|".join("---" for _ in columns) + "|\n"
+    return row(lines[0]) + rule + "".join(row(line) for line in lines[1:])
+
+
 def to_markdown(text: str) -> str:
     """The docstring ``text`` with its Sphinx markup written as Markdown."""
+    text = _SIMPLE_TABLE.sub(_simple_table, text)
     text = _MATH_BLOCK.sub(_math_block, text)
     text = _MATH_ROLE.sub(r"$\1$", text)
     text = _SUB_ROLE.sub(r"<sub>\1</sub>", text)

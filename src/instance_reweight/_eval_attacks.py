@@ -233,10 +233,12 @@ class LineSearchMomentumPGD(GeometryAwareAttack):
     onto :math:`B_\epsilon[x]` and the ``clip`` box, each step is (MAIL Eqs. 12–14)
 
     .. math::
-        \alpha^{(t)} = \arg\max_{\alpha \in V_t}
-            \ell\bigl(f(\Pi[x^{(t)} + \gamma v^{(t)} + \alpha g^{(t)}]), y\bigr), \quad
-        v^{(t+1)} = \gamma v^{(t)} + \alpha^{(t)} g^{(t)}, \quad
+        \begin{aligned}
+        \alpha^{(t)} &= \arg\max_{\alpha \in V_t}
+            \ell\bigl(f(\Pi[x^{(t)} + \gamma v^{(t)} + \alpha g^{(t)}]), y\bigr), \\
+        v^{(t+1)} &= \gamma v^{(t)} + \alpha^{(t)} g^{(t)}, \qquad
         x^{(t+1)} = \Pi[x^{(t)} + v^{(t+1)}],
+        \end{aligned}
 
     per example, with :math:`v^{(0)} = 0` and :math:`V_t = [\alpha_{\min}, \alpha_{\max}]` for
     :math:`t <` ``min_step_steps`` and :math:`[0, \alpha_{\max}]` after. The line search tries

@@ -86,12 +86,13 @@ class GeometryAwareAttack:
     \ell(f(x^{(t)}), y)`, each step is
 
     .. math::
-        x^{(t+1)} = \mathrm{clip}\Bigl(\Pi_{B_\epsilon[x]}\bigl(x^{(t)} + \alpha\,
-        \mathrm{sign}\,g\bigr)\Bigr) \ (ℓ∞), \qquad
-        x^{(t+1)} = \mathrm{clip}\Bigl(\Pi_{B_\epsilon[x]}\bigl(x^{(t)} + \alpha\,
-        g / \lVert g\rVert_2\bigr)\Bigr) \ (ℓ2),
-        \qquad
-        \kappa = \#\{t \in 0..K-1 : \arg\max f(x^{(t)}) = y\}.
+        \begin{aligned}
+        x^{(t+1)} &= \mathrm{clip}\Bigl(\Pi_{B_\epsilon[x]}\bigl(x^{(t)}
+            + \alpha\,\mathrm{sign}\,g\bigr)\Bigr) && (ℓ∞) \\
+        x^{(t+1)} &= \mathrm{clip}\Bigl(\Pi_{B_\epsilon[x]}\bigl(x^{(t)}
+            + \alpha\, g / \lVert g\rVert_2\bigr)\Bigr) && (ℓ2) \\
+        \kappa &= \#\{t \in 0..K-1 : \arg\max f(x^{(t)}) = y\}.
+        \end{aligned}
 
     The ℓ2 norm and the projection are per example (over all of an example's features); an example
     whose gradient is zero stays where it is. The ℓ2 projection scales :math:`x^{(t+1)} - x` down to

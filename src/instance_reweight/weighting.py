@@ -165,10 +165,12 @@ class InstanceWeighting:
     r"""The instance weights of a scheme, normalised, and the reduction of per-example losses they give.
 
     .. math::
-        w_i = s\cdot N\,\frac{\omega_i}{\sum_j \omega_j} = s\cdot N\,\mathrm{softmax}(\log\omega)_i
-        \ (\texttt{batch}), \qquad
-        w_i = s\cdot\omega_i \ (\texttt{none}), \qquad
-        \mathrm{reduce}(\ell) = \frac1N \sum_i w_i\,\ell_i
+        \begin{aligned}
+        w_i &= s\cdot N\,\frac{\omega_i}{\sum_j \omega_j} = s\cdot N\,\mathrm{softmax}(\log\omega)_i
+            && (\texttt{batch}) \\
+        w_i &= s\cdot\omega_i && (\texttt{none}) \\
+        \mathrm{reduce}(\ell) &= \frac1N \sum_i w_i\,\ell_i
+        \end{aligned}
 
     with :math:`\omega_i` the scheme's raw weight of example *i* (see
     :mod:`instance_reweight.schemes`) and :math:`s` = ``scale``. With ``"batch"`` the reduction is
