@@ -366,7 +366,8 @@ class Reproduction:
     def run_jobs(self, jobs: int, stage: str, unit_argv: List[str]) -> bool:
         """Runs the unfinished units ``jobs`` at a time, each as ``reproduce.py ... --unit NAME`` in
         a single-threaded subprocess (output in ``logs/<unit>.log``); a unit starts once its prefix
-        is trained, and none starts after the deadline. True when every unit is finished."""
+        is trained, and none starts once less time is left than one epoch takes (the mean epoch
+        measured so far), as it would stop at once. True when every unit is finished."""
         units = [u for u in self.units() if stage == "train" or u.kind == "row" or stage == "all"]
         pending = [u for u in units if not self.finished(u, stage)]
         running: Dict[Unit, subprocess.Popen[bytes]] = {}
@@ -380,7 +381,7 @@ class Reproduction:
                     code = "" if process.returncode == 0 else f", exit code {process.returncode}"
                     print(f"{unit.where}: {state}{code} (log: {self._log(unit)})", flush=True)
             left = self._minutes_left()
-            if left is not None and left <= 0:
+            if left is not None and 60 * left < (_measured_epoch_seconds(self.out) or 0.0) + 1:
                 pending = []  # start nothing new; the running units stop at their own budget
             startable = [u for u in pending if u.needs is None or self.trained(u.needs)]
             for unit in startable[: max(0, jobs - len(running))]:

@@ -113,6 +113,12 @@ def test_tiny_benchmark_in_jobs_stopped_resumed_reported_and_published(
     assert "not started" in mid[1] and "waiting" in mid[3]
     assert "s;" in mid[-1] or "s)" in mid[-1]  # now timed from the seed-1 logs
 
+    # A budget shorter than the epoch measured so far starts nothing (a unit would stop at once).
+    capsys.readouterr()
+    late = reproduce.main([*common, "--jobs=2", "--max-minutes=0.01"])
+    assert late["trained"] is False and "started" not in capsys.readouterr().out
+    assert not (out / "prefixes" / "at-seed0").exists()
+
     # Piece 3: the same command without --seeds does the rest, then reports and publishes.
     publish = tmp_path / "published"
     result = reproduce.main([*common, "--jobs=2", f"--publish={publish}"])
