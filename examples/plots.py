@@ -274,17 +274,24 @@ def _blank_label(log: Log, epochs: Tuple[int, int], key: str) -> str:
     return "not logged"
 
 
+_FRACTION_FLOOR = 1e-5  # the histograms' colour scale starts here
+
+
 def plot_histograms(log: Log, out: Path, title: str = "") -> Optional[Path]:
     """Heat maps over epochs of the κ, PM and log10-weight histograms of one run.
 
     The panels share the run's epoch axis. A panel is blank over the epochs that do not log its
     histogram and says what they log instead (a MAIL row branched from AT logs κ during the AT
     burn-in and PM after), and a dashed line marks where κ gives way to PM. The weight histogram's
-    end bins also count the weights outside [10⁻⁴, 10²] and are labelled so.
+    end bins also count the weights outside [10⁻⁴, 10²] and are labelled so. The colour scale is
+    logarithmic, from 10⁻⁵ (about one example in 60,000; empty bins take its colour) to 1, so that
+    the few examples a reweighting method weights most stay visible beside the bulk.
     """
     plt = import_pyplot(f"the histograms ({out})")
     if plt is None:
         return None
+    from matplotlib.colors import LogNorm
+
     panels = [panel for panel in _HISTOGRAMS if any(panel[0] in r for r in log)]
     if not panels:
         print(f"no histograms in the log: {out} not drawn.")
@@ -304,13 +311,14 @@ def plot_histograms(log: Log, out: Path, title: str = "") -> Optional[Path]:
                 counts[:, r["epoch"] - epochs[0]] = np.asarray(r[key]) / max(sum(r[key]), 1)
         low, high = (-0.5, bins - 0.5) if extent is None else extent
         image = ax.imshow(
-            np.ma.masked_invalid(counts),
+            np.ma.masked_invalid(np.maximum(counts, _FRACTION_FLOOR)),
             origin="lower",
             aspect="auto",
             extent=(epochs[0] - 0.5, epochs[1] + 0.5, low, high),
             cmap="viridis",
+            norm=LogNorm(vmin=_FRACTION_FLOOR, vmax=1.0),
         )
-        fig.colorbar(image, ax=ax, label="fraction of examples")
+        fig.colorbar(image, ax=ax, label="fraction of examples (log; the floor 1e-5: none or few)")
         logged = [r["epoch"] for r in log if key in r]
         missing = [e for e in range(epochs[0], epochs[1] + 1) if e not in set(logged)]
         for first, last in _spans(missing):

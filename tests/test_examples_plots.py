@@ -116,6 +116,9 @@ def test_histograms_separate_kappa_from_pm_epochs_and_label_the_end_bins(figures
         assert list(line.get_xdata()) == [1.5, 1.5]  # where κ gives way to PM
     assert [t.get_text() for t in kappa.texts] == ["PM epochs"]
     assert [t.get_text() for t in margin.texts] == ["κ epochs"]
+    colours = figures[0].axes[3:]
+    assert all(bar.get_yscale() == "log" for bar in colours)  # the sparse bins stay visible
+    assert kappa.get_images()[0].norm.vmin == plots._FRACTION_FLOOR
     labels = [t.get_text() for t in weight.get_yticklabels()]
     assert labels[0] == f"≤{low + 0.25:g}\n(all <{low:g})"
     assert labels[-1] == f"≥{high - 0.25:g}\n(all >{high:g})"
