@@ -21,6 +21,7 @@ written between the sessions of a partly finished benchmark.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import shlex
 from pathlib import Path
@@ -59,8 +60,8 @@ def read_run(
 
     Returns:
         ``(outcomes, settings, missing)``: ``{metric: (n,) bool}``; ``{"eps", "device", "torch",
-        "attacks": {metric: {"attack", "options", "images"}}}`` of the evaluations read; one line
-        per missing pass or attack.
+        "seconds", "attacks": {metric: {"attack", "options", "images"}}}`` of the evaluations read
+        (``seconds``: their attacks' total); one line per missing pass or attack.
     """
     outcomes: Dict[str, np.ndarray] = {}
     settings: Dict[str, Any] = {"attacks": {}}
@@ -88,7 +89,10 @@ def read_run(
                 "images": int(flags[attack].size),
             }
         settings.update(
-            eps=record["settings"]["eps"], device=record["device"], torch=record["torch"]
+            eps=record["settings"]["eps"],
+            device=record["device"],
+            torch=record["torch"],
+            seconds=settings.get("seconds", 0.0) + sum(record.get("seconds", {}).values()),
         )
     return outcomes, settings, missing
 
@@ -168,8 +172,8 @@ def setting_json(
 ) -> Dict[str, Any]:
     """The JSON's ``"setting"``: data, threat model, model, recipe, seeds, evaluation and commands."""
     configs = [run_files.read_json(Path(r["folder"]) / "config.json") for r in runs]
-    config = next((c for c in configs if c), {})
-    logs = (run_files.read_log(Path(r["folder"]) / "log.jsonl") for r in runs)
+    config = next((c["config"] for c in configs if c.get("config")), {})
+    logs = [run_files.read_log(Path(r["folder"]) / "log.jsonl") for r in runs]
     examples = next((log[-1]["examples"] for log in logs if log and "examples" in log[-1]), None)
     seeds: Dict[str, List[int]] = {}
     for run in runs:
@@ -190,6 +194,7 @@ def setting_json(
         "evaluation": {m: s for e in found for m, s in e["attacks"].items()},
         "devices": sorted({e["device"] for e in found}),
         "torch": sorted({e["torch"] for e in found}),
+        "compute": compute(logs, evaluations),
         "date": datetime.date.today().isoformat(),
         "commands": [
             f"python examples/reproduce.py {spec['name']} --out {out_dir}",
@@ -208,6 +213,22 @@ def _cell(stats: Optional[Mapping[str, Any]], seeds: int) -> str:
     sd = "" if stats["sd"] is None else f" ± {stats['sd']:.2f}"
     fewer = "" if stats["n_seeds"] == seeds else f" ({stats['n_seeds']} of {seeds} seeds)"
     return f"{stats['mean']:.2f}{sd}{fewer}"
+
+
+def compute(
+    logs: Sequence[Sequence[Mapping[str, Any]]], evaluations: Sequence[Mapping[str, Any]]
+) -> Dict[str, Any]:
+    """The compute the runs logged: training epochs and hours (the per-epoch monitor included) and
+    evaluation hours, each process's seconds summed. A prefix's records are copied into the log of
+    every row that branches from it; each is counted once."""
+    epochs = {json.dumps(r, sort_keys=True): r for log in logs for r in log if "seconds" in r}
+    train = sum(r["seconds"] + r.get("seconds_monitor", 0.0) for r in epochs.values())
+    evaluate = sum(e.get("seconds", 0.0) for e in evaluations)
+    return {
+        "epochs": len(epochs),
+        "train_hours": round(train / 3600, 3),
+        "eval_hours": round(evaluate / 3600, 3),
+    }
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -234,6 +255,14 @@ def markdown(report: Mapping[str, Any]) -> str:
         "Sampling error of one seed's accuracy (one standard error √(p(1 − p)/n) on n test images, "
         "the largest over the rows): " + ", ".join(errors) + ".",
     ]
+    spent = report["setting"].get("compute")
+    if spent:
+        lines += [
+            "",
+            f"Compute logged: {spent['epochs']} training epochs, {spent['train_hours']:.1f} h of "
+            f"training (the per-epoch monitor included) and {spent['eval_hours']:.1f} h of "
+            "evaluation, process-hours summed over the processes that ran side by side.",
+        ]
     missing = [
         f"- {label} seed {seed}: {'; '.join(what)}"
         for label, row in rows.items()

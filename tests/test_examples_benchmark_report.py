@@ -72,7 +72,7 @@ def log(seed: int, reweighted: bool) -> list:
 def write_run(folder: Path, label: str, seed: int) -> None:
     folder.mkdir(parents=True)
     config = {"model": "wong-mnist", "data": "mnist", "epochs": 4, "train_size": None}
-    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps({"config": config, "lineage": []}))
     lines = [json.dumps(r) for r in log(seed, label != "AT")]
     (folder / "log.jsonl").write_text("\n".join(lines) + "\n")
     if (label, seed) not in CORRECT:
@@ -90,6 +90,7 @@ def write_run(folder: Path, label: str, seed: int) -> None:
                 "num_examples": dict.fromkeys(metrics, n),
             },  # fmt: skip
             "accuracy": {a: CORRECT[label, seed][m] / n for a, m in done.items()},
+            "seconds": dict.fromkeys(done, 3.0),
             "device": "cpu",
             "torch": "2.x",
             "records": {
@@ -123,7 +124,16 @@ def test_report_json_has_the_issues_shape_and_hand_checked_numbers(benchmark):
     setting = report["setting"]
     assert (setting["train_size"], setting["test_size"], setting["aa_size"]) == (60000, 10, 4)
     assert setting["eps"] == 0.3 and setting["model"] == "wong-mnist"
-    assert setting["recipe"] == "mnist-benchmark"
+    assert (setting["data"], setting["epochs"], setting["recipe"]) == (
+        "mnist",
+        4,
+        "mnist-benchmark",
+    )
+    # Compute: a prefix epoch copied into several rows' logs counts once (per seed: 2 shared epochs,
+    # then AT's 2 and GAIRAT's 2; MART's log here repeats GAIRAT seed 0's); 3 s per attack evaluated.
+    attacks = sum(len(c) for c in CORRECT.values())
+    assert setting["compute"] == {"epochs": 12, "train_hours": round(12 / 3600, 3),
+                                  "eval_hours": round(3 * attacks / 3600, 3)}  # fmt: skip
     assert setting["seeds"] == {"AT": [0, 1], "GAIRAT": [0, 1], "MART": [0]}
     assert setting["evaluation"]["pgd40"]["attack"] == "pgd20"
     assert any("--name aa" in c for c in setting["commands"])
@@ -177,7 +187,9 @@ def test_an_evaluation_of_an_unfinished_checkpoint_is_missing(benchmark):
     out, runs = benchmark
     path = runs[0]["folder"] / "eval-last-full.json"
     record = json.loads(path.read_text())
-    path.write_text(json.dumps({**{k: v for k, v in record.items() if k != "epoch"}, "epochs_done": 3}))
+    path.write_text(
+        json.dumps({**{k: v for k, v in record.items() if k != "epoch"}, "epochs_done": 3})
+    )
     report = json.loads(benchmark_report.write_report(SPEC, out, runs)[0].read_text())
     assert "pgd40" not in report["rows"]["AT"]["seeds"]["0"]
     assert "evaluated after 3 of 4 epochs" in report["rows"]["AT"]["missing"]["0"][0]
