@@ -172,7 +172,7 @@ def setting_json(
 ) -> Dict[str, Any]:
     """The JSON's ``"setting"``: data, threat model, model, recipe, seeds, evaluation and commands."""
     configs = [run_files.read_json(Path(r["folder"]) / "config.json") for r in runs]
-    config = next((c["config"] for c in configs if c.get("config")), {})
+    config: Dict[str, Any] = next((c["config"] for c in configs if c.get("config")), {})
     logs = [run_files.read_log(Path(r["folder"]) / "log.jsonl") for r in runs]
     examples = next((log[-1]["examples"] for log in logs if log and "examples" in log[-1]), None)
     seeds: Dict[str, List[int]] = {}
