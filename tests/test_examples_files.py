@@ -84,7 +84,10 @@ def test_checkpoint_without_checksum_still_loads(tmp_path):
 
 def test_a_count_stored_under_its_old_name_epoch_reads_as_epochs_done(tmp_path):
     old = {("epoch" if k == "epochs_done" else k): v for k, v in STATE.items()}
-    for path, save in ((tmp_path / "old.pt", torch.save), (tmp_path / "ck.pt", run_files.save_atomic)):
+    for path, save in (
+        (tmp_path / "old.pt", torch.save),
+        (tmp_path / "ck.pt", run_files.save_atomic),
+    ):
         save(old, path)
         loaded = run_files.load_checkpoint(path)
         assert loaded["epochs_done"] == 3 and "epoch" not in loaded

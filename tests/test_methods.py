@@ -474,8 +474,17 @@ def test_bad_inputs_raise_clearly():
         match=r"Expected hyper-parameters of 'at' among \(attack_loss, clip, eps.*got beta",
     ):
         methods.get("at", model, beta=6.0)
-    with pytest.raises(ValueError, match=r"among \(.*lam.*\), got lamda\."):
+    with pytest.raises(
+        ValueError, match=r"among \(.*lam.*\), got lamda\. 'lamda': did you mean 'lam'\?$"
+    ):
         methods.get("gairat", model, lamda=0.0)
+    # other codes' words for ours: torchattacks' alpha, the official scripts' epsilon
+    with pytest.raises(
+        ValueError, match=r"'alpha': did you mean 'step_size'\? 'epsilon': did you mean 'eps'\?$"
+    ):
+        methods.get("at", model, alpha=0.01, epsilon=0.1)
+    with pytest.raises(ValueError, match=r"got xyz\.$"):  # nothing close: no guess
+        methods.get("at", model, xyz=1)
     with pytest.raises(ValueError, match="only 'gair-trades', 'mail-at'.*official-code variant"):
         methods.get("gairat", model, variant="official")
     with pytest.raises(ValueError, match="Expected `variant` to be one of 'paper', 'official'"):

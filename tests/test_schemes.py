@@ -120,7 +120,8 @@ def test_resolve_scheme_errors_list_the_options():
 @pytest.mark.parametrize(
     "name, params, error, match",
     [
-        ("gairat", {"gamma": 1.0}, ValueError, r"among \(lam, steps\), got gamma"),
+        ("gairat", {"gamma": 1.0}, ValueError, r"among \(lam, steps\), got gamma\.$"),
+        ("mail", {"slop": 1.0}, ValueError, r"got slop\. 'slop': did you mean 'slope'\?$"),
         ("gairat", {"steps": 0}, ValueError, "steps"),
         (
             "gairat",

@@ -197,7 +197,10 @@ def test_scheme_parameters_are_attributes_checked_on_assignment():
         weighting.lam = "high"
     with pytest.raises(ValueError, match="Expected `lam` to be a number \\(finite or \\+inf\\)"):
         weighting.lam = math.nan
-    with pytest.raises(AttributeError, match=r"among \(lam, steps\) or `active`, got 'lamda'"):
+    with pytest.raises(
+        AttributeError,
+        match=r"among \(lam, steps\) or `active`, got 'lamda'\. 'lamda': did you mean 'lam'\?$",
+    ):
         weighting.lamda = 1.0
     with pytest.raises(TypeError, match="Expected `active` to be True or False"):
         weighting.active = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -393,9 +393,36 @@ def check_name(value: object, name: str, names: Iterable[str], alternative: str 
     by_case = {c.casefold(): c for c in choices}
     if value.casefold() in by_case:
         return by_case[value.casefold()]
-    close = difflib.get_close_matches(value.casefold(), list(by_case), n=1)
-    hint = f"; did you mean {by_case[close[0]]!r}?" if close else "."
+    close = near_miss(value, choices)
+    hint = f"; did you mean {close!r}?" if close else "."
     raise ValueError(f"Expected `{name}` to be one of {valid}, got {value!r}{hint}")
+
+
+def near_miss(value: str, names: Iterable[str]) -> Optional[str]:
+    """The one of ``names`` closest to ``value`` regardless of case, if any is close."""
+    by_case = {c.casefold(): c for c in names}
+    close = difflib.get_close_matches(value.casefold(), list(by_case), n=1)
+    return by_case[close[0]] if close else None
+
+
+def did_you_mean(
+    unknown: Iterable[str], valid: Iterable[str], aliases: Optional[Mapping[str, str]] = None
+) -> str:
+    """ " 'x': did you mean 'y'?" for each unknown keyword with a valid one close to it (or named
+    for it in ``aliases``, another code's word for ours), to end an error message.
+
+    Example:
+        >>> did_you_mean(["lamda", "alpha", "xyz"], ["lam", "step_size"], {"alpha": "step_size"})
+        " 'lamda': did you mean 'lam'? 'alpha': did you mean 'step_size'?"
+    """
+    names = list(valid)
+    hints = []
+    for key in unknown:
+        alias = (aliases or {}).get(key)
+        close = alias if alias in names else near_miss(key, names)
+        if close:
+            hints.append(f" {key!r}: did you mean {close!r}?")
+    return "".join(hints)
 
 
 def at_least_float32(t: Tensor) -> Tensor:

@@ -78,6 +78,7 @@ from ._checks import (
     check_losses,
     check_name,
     check_number,
+    did_you_mean,
 )
 from .attack import AttackOutput, GeometryAwareAttack
 from .awp import AdversarialWeightPerturbation
@@ -800,6 +801,11 @@ def _reduce(
     return sum(parts[1:], parts[0])
 
 
+# Other codes' names for a hyper-parameter, answered with ours: torchattacks' alpha (the step) and
+# the official GAIRAT and MAIL scripts' epsilon.
+_ALIASES = {"alpha": "step_size", "epsilon": "eps"}
+
+
 def _hyper_parameters(
     name: str, definition: Definition, overrides: Mapping[str, Any]
 ) -> Tuple[Dict[str, Any], Optional[Scheme]]:
@@ -812,7 +818,7 @@ def _hyper_parameters(
     if unknown:
         raise ValueError(
             f"Expected hyper-parameters of {name!r} among ({', '.join(sorted(valid))}), got "
-            f"{', '.join(unknown)}."
+            f"{', '.join(unknown)}." + did_you_mean(unknown, valid, _ALIASES)
         )
     return params, scheme
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import at_least_float32, check_int, check_name, check_number
+from ._checks import at_least_float32, check_int, check_name, check_number, did_you_mean
 
 __all__ = [
     "SCHEMES",
@@ -166,6 +166,7 @@ class Scheme:
             valid = ", ".join(sorted(self.defaults)) or "none"
             raise ValueError(
                 f"Expected parameters of scheme {self.name!r} among ({valid}), got {', '.join(unknown)}."
+                + did_you_mean(unknown, self.defaults)
             )
         merged = {**self.defaults, **overrides}
         return {k: self.checks[k](v) for k, v in merged.items()}

@@ -20,6 +20,7 @@ from ._checks import (
     check_losses,
     check_number,
     check_tensor,
+    did_you_mean,
     fail,
     wrong_shape,
 )
@@ -303,7 +304,7 @@ class InstanceWeighting:
             valid = ", ".join(sorted(self._params)) or "none"
             raise AttributeError(
                 f"Expected a parameter of scheme {self._scheme.name!r} among ({valid}) or `active`, "
-                f"got {name!r}."
+                f"got {name!r}." + did_you_mean([name], [*self._params, "active"])
             )
 
     def __call__(self, kappa: Optional[Tensor] = None, margin: Optional[Tensor] = None) -> Tensor:
