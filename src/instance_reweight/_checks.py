@@ -408,8 +408,8 @@ def near_miss(value: str, names: Iterable[str]) -> Optional[str]:
 def did_you_mean(
     unknown: Iterable[str], valid: Iterable[str], aliases: Optional[Mapping[str, str]] = None
 ) -> str:
-    """ " 'x': did you mean 'y'?" for each unknown keyword with a valid one close to it (or named
-    for it in ``aliases``, another code's word for ours), to end an error message.
+    """The end of an error message: `` 'x': did you mean 'y'?`` for each unknown keyword ``x`` with
+    a valid one ``y`` close to it, or named for it in ``aliases`` (another code's word for ours).
 
     Example:
         >>> did_you_mean(["lamda", "alpha", "xyz"], ["lam", "step_size"], {"alpha": "step_size"})
