@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -196,7 +197,9 @@ def plot_row_curves(rows: Dict[str, Dict[str, Log]], out: Path) -> Optional[Path
     prefix once per seed, in grey, and their own epochs in colour from the branch point; the
     base row's own panel does the same, so every panel shows where its rows part. Panels plot the
     monitored test accuracies (natural dashed, PGD-20 solid) in percent, or the training loss for
-    logs without monitoring.
+    logs without monitoring. Accuracy axes start at :func:`accuracy_floor` of the second half's
+    values, so converged rows can be told apart; the early epochs below it leave the axis (a note
+    says so).
 
     Args:
         rows: ``{row label: {seed: log records}}``; a row without logs gets an empty panel saying
@@ -236,13 +239,36 @@ def plot_row_curves(rows: Dict[str, Dict[str, Log]], out: Path) -> Optional[Path
             ax.text(0.5, 0.5, "no log yet", ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
         integer_epochs(ax)
+    floor = accuracy_floor([r for log in logs.values() for r in log]) if monitored else 0.0
+    if floor > 0:
+        axes[0].set_ylim(floor, 100.5)
     for ax in grid[:, 0]:
         ax.set_ylabel("%" if monitored else "loss")
     handles = [plt.Line2D([], [], color="k", ls=style, lw=1) for _, style, _ in series]
     handles.append(plt.Line2D([], [], color="0.55", lw=3))
     labels = [text for *_, text in series] + ["shared burn-in (prefix), drawn once per seed"]
     fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=9, bbox_to_anchor=(0.5, 0))
-    return save_figure(fig, out)
+    note = (
+        f"accuracy axes start at {floor:g} %: earlier epochs below it leave the axis"
+        if floor
+        else ""
+    )
+    return save_figure(fig, out, note=note)
+
+
+def accuracy_floor(records: Sequence[Dict[str, Any]]) -> float:
+    """Where an accuracy axis starts, in percent: 5 points below the lowest monitored accuracy of
+    the second half of the epochs, rounded down to a multiple of 5; 0 if that would be under 20."""
+    last = max((r["epoch"] for r in records), default=0)
+    late = [
+        round(100 * r[key], 6)
+        for r in records
+        if 2 * r["epoch"] >= last
+        for key, *_ in _ROW_SERIES
+        if r.get(key) is not None
+    ]
+    floor = 5 * math.floor(min(late, default=0.0) / 5) - 5
+    return float(floor) if floor >= 20 else 0.0
 
 
 # the histograms of the log: (key, y extent (None: one row per κ = 0..K), what it is)
