@@ -497,11 +497,19 @@ class Reproduction:
             f"{seconds / 3600 / jobs:.1f} h with --jobs {jobs}"
         )
 
-    def publish(self, folder: Path) -> List[Path]:
+    def publish(self, folder: Path, report: Sequence[Path] = ()) -> List[Path]:
         """Copies every trained row's final weights to ``folder/checkpoints/<unit>.pt`` (the model
-        and its settings, loadable by ``run_files.load_checkpoint``; no optimiser state) and its
-        evaluation files to ``folder/records/<unit>-<pass>.json``; returns the paths written."""
+        and its settings, loadable by ``run_files.load_checkpoint``; no optimiser state), its
+        evaluation files to ``folder/records/<unit>-<pass>.json`` and the ``report``'s files: the
+        JSON beside the folder as ``<folder>.json`` (as the page beside it is ``<folder>.md``), the
+        tables and figures into it. Returns the paths written."""
         written = []
+        for path in report:
+            json_file = path.suffix == ".json"
+            target = folder.parent / f"{folder.name}.json" if json_file else folder / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+            written.append(target)
         for unit in self.units():
             if unit.kind != "row" or not self.trained(unit):
                 continue
@@ -688,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--publish",
         type=arguments.output_folder("--publish"),
         metavar="DIR",
-        help="copy the final weights to DIR/checkpoints/ and the evaluations to DIR/records/",
+        help="copy the final weights to DIR/checkpoints/, the evaluations to DIR/records/ and a "
+        "benchmark's report: its JSON to DIR.json, its tables and figures into DIR",
     )
     parser.add_argument("--unit", help=argparse.SUPPRESS)  # one unit, in this process (--jobs)
     parser.add_argument(
@@ -763,7 +772,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             )
             print(f"table: {result['report']}")
     if args.publish is not None:
-        result["published"] = reproduction.publish(args.publish)
+        report = result.get("report", []) if "claims" in spec else []
+        result["published"] = reproduction.publish(args.publish, report)
         print(f"published {len(result['published'])} files under {args.publish}")
     finished = result.get("trained", True) and result.get("evaluated", True)
     print("done" if finished else "not finished: run the same command again to continue")

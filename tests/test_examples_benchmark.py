@@ -172,6 +172,10 @@ def test_tiny_benchmark_in_jobs_stopped_resumed_reported_and_published(
     assert claim["n_seeds"] == 2 and claim["mean"] == pytest.approx(sum(diffs) / 2, abs=0.011)
     assert claim["verdict"] in ("shown", "not shown", "contradicted")
     assert (out / "claims.png").is_file()
+    # Published beside the weights: the report's JSON as <DIR>.json, its tables and figures in DIR.
+    assert (tmp_path / "published.json").read_bytes() == (out / "tiny-benchmark.json").read_bytes()
+    for name in ("tiny-benchmark-tables.md", "claims.png", "rows.png", "curves.png"):
+        assert (publish / name).read_bytes() == (out / name).read_bytes()
     # A unit that is done is not redone.
     capsys.readouterr()
     assert reproduce.main([*common, "--jobs=2"])["evaluated"]
