@@ -5,11 +5,12 @@ folder holds ``eval-last-<pass>.json`` per evaluation pass of the spec (``evalua
 <pass>``) with every image's outcome under every attack; from those it writes
 
 - ``<name>.json``: ``{"setting", "rows", "claims"}`` in percent — every row's accuracy per seed and
-  metric (:func:`paired_stats.rows_table`, with the mean and sd over seeds) and every claim's paired
+  metric (:func:`paired_stats.rows_table`, with the mean and sd over seeds; for a reweighting row its
+  last epoch's weights, :func:`last_weights`) and every claim's paired
   difference method − baseline per metric (:func:`paired_stats.claims_table`), each keyed by the
   claim's id;
-- ``<name>-tables.md``: the rows (mean ± sd over seeds, with the sampling error of one cell) and the
-  claims (mean, 95 % interval, verdict, per-seed McNemar p) as markdown tables for the page;
+- ``<name>-tables.md``: the rows (mean ± sd over seeds, with the sampling error of one cell), the
+  weights, and the claims (mean, 95 % interval, verdict, per-seed McNemar p) as markdown tables for the page;
 - ``claims.png`` (:func:`claim_plot.plot_claims`), ``rows.png`` (every row's PGD-40 and AA side by
   side with their intervals), ``curves.png`` (:func:`plots.plot_row_curves`) and
   ``histograms-<LABEL>.png`` (:func:`plots.plot_histograms`, the first seed of each row).
@@ -163,6 +164,23 @@ def rows_json(
     return out
 
 
+def last_weights(log: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
+    """The instance weights of a run's last epoch, from its log: ``min``, ``max``, ``std`` and the
+    effective sample size ``ess`` in percent of the examples, (Σw)² / (N·Σw²) = m² / (m² + s²) for
+    weights of mean m and standard deviation s (100 for uniform weights). Empty for a run that does
+    not reweight."""
+    if not log or "weight_std" not in log[-1]:
+        return {}
+    r = log[-1]
+    mean, std = r["weight_mean"], r["weight_std"]
+    return {
+        "min": r["weight_min"],
+        "max": r["weight_max"],
+        "std": std,
+        "ess": round(100 * mean**2 / (mean**2 + std**2), 1),
+    }
+
+
 def setting_json(
     spec: Mapping[str, Any],
     out_dir: Path,
@@ -262,6 +280,22 @@ def markdown(report: Mapping[str, Any]) -> str:
             f"Compute logged: {spent['epochs']} training epochs, {spent['train_hours']:.1f} h of "
             f"training (the per-epoch monitor included) and {spent['eval_hours']:.1f} h of "
             "evaluation, process-hours summed over the processes that ran side by side.",
+        ]
+    weighted = [(label, row["weights"]) for label, row in rows.items() if row.get("weights")]
+    if weighted:
+        lines += [
+            "",
+            "Instance weights at the last epoch (normalised to mean 1 per batch; ESS: effective "
+            "sample size m²/(m² + s²), in % of the training examples):",
+            "",
+            "| row | seed | min | max | sd | ESS % |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {label} | {seed} | {w['min']:.2g} | {w['max']:.3g} | {w['std']:.3g} | "
+                f"{w['ess']:.1f} |"
+                for label, by_seed in weighted
+                for seed, w in by_seed.items()
+            ),
         ]
     missing = [
         f"- {label} seed {seed}: {'; '.join(what)}"
@@ -384,11 +418,23 @@ def write_report(
         paired_stats.Claim(c["id"], c["method"], c["baseline"], c["directions"])
         for c in spec.get("claims", [])
     ]
+    logs = {
+        row["label"]: {
+            str(r["seed"]): run_files.read_log(Path(r["folder"]) / "log.jsonl")
+            for r in runs
+            if r["label"] == row["label"]
+        }
+        for row in spec["rows"]
+    }
     report = {
         "setting": setting_json(spec, out_dir, runs, evaluations, images),
         "rows": rows_json(spec, records, missing),
         "claims": paired_stats.claims_table(paired, claims, METRICS),
     }
+    for label, seeds in logs.items():
+        weights = {seed: last_weights(log) for seed, log in seeds.items() if last_weights(log)}
+        if weights:
+            report["rows"][label]["weights"] = weights
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{spec['name']}.json", out_dir / f"{spec['name']}-tables.md"
     run_files.write_json_atomic(report, json_path)
@@ -399,14 +445,6 @@ def write_report(
         figures.append(plot_claims(report["claims"], out_dir / "claims.png", JUDGED))
     if any(row["metrics"] for row in report["rows"].values()):
         figures.append(plot_rows(report["rows"], out_dir / "rows.png"))
-    logs = {
-        row["label"]: {
-            str(r["seed"]): run_files.read_log(Path(r["folder"]) / "log.jsonl")
-            for r in runs
-            if r["label"] == row["label"]
-        }
-        for row in spec["rows"]
-    }
     if any(log for seeds in logs.values() for log in seeds.values()):
         figures.append(plots.plot_row_curves(logs, out_dir / "curves.png"))
     for label, seeds in logs.items():

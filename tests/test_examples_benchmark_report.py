@@ -66,6 +66,7 @@ def log(seed: int, reweighted: bool) -> list:
         r["test_pgd_acc"] += 0.05 * reweighted
         if reweighted:
             r["weight_hist"] = [5] + [0] * 22 + [1]
+            r.update(weight_min=0.2, weight_mean=1.0, weight_max=5.0, weight_std=1.5 + seed)
     return records
 
 
@@ -148,6 +149,11 @@ def test_report_json_has_the_issues_shape_and_hand_checked_numbers(benchmark):
     assert "apgd-t not evaluated yet" in report["rows"]["GAIRAT"]["missing"]["1"][0]
     assert report["rows"]["MART"]["seeds"] == {}
     assert "no eval-last-full.json" in report["rows"]["MART"]["missing"]["0"][0]
+    # the last epoch's weights of a reweighting row; ESS = m² / (m² + s²) = 1 / (1 + 1.5²)
+    assert "weights" not in report["rows"]["AT"]
+    w0 = report["rows"]["GAIRAT"]["weights"]["0"]
+    assert w0 == {"min": 0.2, "max": 5.0, "std": 1.5, "ess": round(100 / 3.25, 1)}
+    assert report["rows"]["GAIRAT"]["weights"]["1"]["ess"] == round(100 / (1 + 2.5**2), 1)
     # claims: d = GAIRAT − AT per seed; PGD-40 d = 20, 30; AA d = −25, 0
     c1 = report["claims"]["C1"]["pgd40"]
     half = T_975_1 * math.sqrt(50) / math.sqrt(2)
@@ -178,6 +184,7 @@ def test_tables_show_rows_claims_sampling_error_and_what_is_missing(benchmark):
     assert "| MART | 0 | — |" in text
     assert "PGD-40 ±15.73 (n = 10)" in text  # √(.45·.55/10), AT the largest
     assert "- MART seed 0: pass 'full': no eval-last-full.json" in text
+    assert "| GAIRAT | 0 | 0.2 | 5 | 1.5 | 30.8 |" in text  # the weights, ESS 100/3.25 %
     assert "| C1 | GAIRAT − AT | PGD-40 | gain | +25.00 |" in text
     assert "2 seeds (t) | not shown | 0: 0.5, 1: 0.25 |" in text  # 2·(½)³ for b10 = 3
 
