@@ -241,11 +241,11 @@ def compute(
     every row that branches from it; each is counted once."""
     epochs = {json.dumps(r, sort_keys=True): r for log in logs for r in log if "seconds" in r}
     train = sum(r["seconds"] + r.get("seconds_monitor", 0.0) for r in epochs.values())
-    evaluate = sum(e.get("seconds", 0.0) for e in evaluations)
+    evaluation = sum(e.get("seconds", 0.0) for e in evaluations)  # not `evaluate`: the module
     return {
         "epochs": len(epochs),
         "train_hours": round(train / 3600, 3),
-        "eval_hours": round(evaluate / 3600, 3),
+        "eval_hours": round(evaluation / 3600, 3),
     }
 
 
@@ -432,7 +432,7 @@ def write_report(
         "claims": paired_stats.claims_table(paired, claims, METRICS),
     }
     for label, seeds in logs.items():
-        weights = {seed: last_weights(log) for seed, log in seeds.items() if last_weights(log)}
+        weights = {seed: w for seed, log in seeds.items() if (w := last_weights(log))}
         if weights:
             report["rows"][label]["weights"] = weights
     out_dir.mkdir(parents=True, exist_ok=True)

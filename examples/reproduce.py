@@ -373,6 +373,7 @@ class Reproduction:
         running: Dict[Unit, subprocess.Popen[bytes]] = {}
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        epoch_seconds = _measured_epoch_seconds(self.out) or 0.0  # read again as units end
         while pending or running:
             for unit, process in list(running.items()):
                 if process.poll() is not None:
@@ -380,8 +381,9 @@ class Reproduction:
                     state = "finished" if self.finished(unit, stage) else "stopped"
                     code = "" if process.returncode == 0 else f", exit code {process.returncode}"
                     print(f"{unit.where}: {state}{code} (log: {self._log(unit)})", flush=True)
+                    epoch_seconds = _measured_epoch_seconds(self.out) or 0.0
             left = self._minutes_left()
-            if left is not None and 60 * left < (_measured_epoch_seconds(self.out) or 0.0) + 1:
+            if left is not None and 60 * left < epoch_seconds + 1:
                 pending = []  # start nothing new; the running units stop at their own budget
             startable = [u for u in pending if u.needs is None or self.trained(u.needs)]
             for unit in startable[: max(0, jobs - len(running))]:
