@@ -5,12 +5,13 @@ folder holds ``eval-last-<pass>.json`` per evaluation pass of the spec (``evalua
 <pass>``) with every image's outcome under every attack; from those it writes
 
 - ``<name>.json``: ``{"setting", "rows", "claims"}`` in percent — every row's accuracy per seed and
-  metric (:func:`paired_stats.rows_table`, with the mean and sd over seeds; for a reweighting row its
-  last epoch's weights, :func:`last_weights`) and every claim's paired
-  difference method − baseline per metric (:func:`paired_stats.claims_table`), each keyed by the
-  claim's id;
+  metric (:func:`paired_stats.rows_table`, with the mean and sd over seeds), what AutoAttack breaks
+  beyond its gradient attacks (:func:`beyond_gradient`) and, for a reweighting row, its last
+  epoch's weights (:func:`last_weights`); and every claim's paired difference method − baseline
+  per metric (:func:`paired_stats.claims_table`), each keyed by the claim's id;
 - ``<name>-tables.md``: the rows (mean ± sd over seeds, with the sampling error of one cell), the
-  weights, and the claims (mean, 95 % interval, verdict, per-seed McNemar p) as markdown tables for the page;
+  weights, AutoAttack beyond its gradient attacks, and the claims (mean, 95 % interval, verdict,
+  per-seed McNemar p) as markdown tables for the page;
 - ``claims.png`` (:func:`claim_plot.plot_claims`), ``rows.png`` (every row's PGD-40 and AA side by
   side with their intervals), ``curves.png`` (:func:`plots.plot_row_curves`) and
   ``histograms-<LABEL>.png`` (:func:`plots.plot_histograms`, the first seed of each row).
@@ -181,6 +182,24 @@ def last_weights(log: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
     }
 
 
+def beyond_gradient(outcomes: Mapping[str, np.ndarray]) -> Optional[Dict[str, float]]:
+    """What AutoAttack breaks beyond its two gradient attacks run on their own, on one run's AA
+    images, in percent: ``"apgd"``, the accuracy under APGD-CE and APGD-T together (images robust to
+    both); ``"aa"``; and ``"gap"``, the images robust to both that AA broke — the breaks of its FAB-T
+    and Square (up to the attacks' random starts). A gap well above the baselines' is the signature
+    of gradient masking: a black-box attack finds what the gradient attacks miss. ``None`` unless
+    the run has all three."""
+    if not {"aa", "apgd_ce", "apgd_t"} <= outcomes.keys():
+        return None
+    aa = outcomes["aa"]
+    both = outcomes["apgd_ce"][: aa.size] & outcomes["apgd_t"][: aa.size]
+    return {
+        "apgd": round(100 * float(both.mean()), 2),
+        "aa": round(100 * float(aa.mean()), 2),
+        "gap": round(100 * float((both & ~aa).mean()), 2),
+    }
+
+
 def setting_json(
     spec: Mapping[str, Any],
     out_dir: Path,
@@ -297,6 +316,25 @@ def markdown(report: Mapping[str, Any]) -> str:
                 for seed, w in by_seed.items()
             ),
         ]
+    gaps = [
+        (label, row["beyond_gradient"]) for label, row in rows.items() if "beyond_gradient" in row
+    ]
+    if gaps:
+        lines += [
+            "",
+            "AutoAttack beyond its gradient attacks (on the AA images, mean ± sd over seeds): "
+            "robust to APGD-CE and APGD-T each run on their own, under AA, and the images robust "
+            "to both that AA broke (its FAB-T and Square):",
+            "",
+            "| row | seeds | APGD-CE and APGD-T | AA | broken only by FAB-T or Square |",
+            "|---|---|---|---|---|",
+        ]
+        for label, by_seed in gaps:
+            cells = []
+            for key in ("apgd", "aa", "gap"):
+                centre, sd = _spread([g[key] for g in by_seed.values()])
+                cells.append(f"{centre:.2f}" + ("" if sd is None else f" ± {sd:.2f}"))
+            lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(cells) + " |")
     missing = [
         f"- {label} seed {seed}: {'; '.join(what)}"
         for label, row in rows.items()
@@ -435,6 +473,10 @@ def write_report(
         weights = {seed: w for seed, log in seeds.items() if (w := last_weights(log))}
         if weights:
             report["rows"][label]["weights"] = weights
+    for label, by_seed in records.items():
+        gaps = {str(k): g for k, o in by_seed.items() if (g := beyond_gradient(o)) is not None}
+        if gaps:
+            report["rows"][label]["beyond_gradient"] = gaps
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{spec['name']}.json", out_dir / f"{spec['name']}-tables.md"
     run_files.write_json_atomic(report, json_path)

@@ -154,6 +154,10 @@ def test_report_json_has_the_issues_shape_and_hand_checked_numbers(benchmark):
     w0 = report["rows"]["GAIRAT"]["weights"]["0"]
     assert w0 == {"min": 0.2, "max": 5.0, "std": 1.5, "ess": round(100 / 3.25, 1)}
     assert report["rows"]["GAIRAT"]["weights"]["1"]["ess"] == round(100 / (1 + 2.5**2), 1)
+    # beyond the gradient attacks: first-k outcomes nest, so robust to both = min(APGD-CE, APGD-T)
+    # = AA here and AA breaks nothing more; GAIRAT seed 1 has no APGD-T
+    assert report["rows"]["AT"]["beyond_gradient"]["0"] == {"apgd": 50.0, "aa": 50.0, "gap": 0.0}
+    assert list(report["rows"]["GAIRAT"]["beyond_gradient"]) == ["0"]
     # claims: d = GAIRAT − AT per seed; PGD-40 d = 20, 30; AA d = −25, 0
     c1 = report["claims"]["C1"]["pgd40"]
     half = T_975_1 * math.sqrt(50) / math.sqrt(2)
@@ -175,6 +179,22 @@ def test_report_json_has_the_issues_shape_and_hand_checked_numbers(benchmark):
     assert all(p.stat().st_size > 0 for p in written)
 
 
+def test_beyond_gradient_counts_images_robust_to_both_gradient_attacks_that_aa_broke():
+    flags = {  # 8 images; image 7 robust to AA but not to APGD-T (another random start)
+        "apgd_ce": np.array([1, 1, 1, 1, 1, 0, 0, 1], bool),
+        "apgd_t": np.array([1, 1, 1, 0, 1, 1, 0, 0], bool),
+        "aa": np.array([1, 0, 0, 0, 0, 0, 0, 1], bool),
+        "pgd40": np.ones(20, bool),  # another pass, on more images: not used
+    }
+    # robust to both: images 0, 1, 2, 4 (50 %); of those AA broke 1, 2 and 4 (37.5 %)
+    got = benchmark_report.beyond_gradient(flags)
+    assert got == {"apgd": 50.0, "aa": 25.0, "gap": 37.5}
+    # the standalone attacks on more images than AA: cut to AA's first n
+    longer = {**flags, "apgd_ce": np.concatenate([flags["apgd_ce"], np.zeros(4, bool)])}
+    assert benchmark_report.beyond_gradient(longer) == got
+    assert benchmark_report.beyond_gradient({k: flags[k] for k in ("aa", "apgd_ce")}) is None
+
+
 @pytest.mark.slow
 def test_tables_show_rows_claims_sampling_error_and_what_is_missing(benchmark):
     out, runs = benchmark
@@ -185,6 +205,8 @@ def test_tables_show_rows_claims_sampling_error_and_what_is_missing(benchmark):
     assert "PGD-40 ±15.73 (n = 10)" in text  # √(.45·.55/10), AT the largest
     assert "- MART seed 0: pass 'full': no eval-last-full.json" in text
     assert "| GAIRAT | 0 | 0.2 | 5 | 1.5 | 30.8 |" in text  # the weights, ESS 100/3.25 %
+    assert "| AT | 2 | 37.50 ± 17.68 | 37.50 ± 17.68 | 0.00 ± 0.00 |" in text  # robust to both
+    assert "| GAIRAT | 1 | 25.00 | 25.00 | 0.00 |" in text  # seed 1 lacks APGD-T
     assert "| C1 | GAIRAT − AT | PGD-40 | gain | +25.00 |" in text
     assert "2 seeds (t) | not shown | 0: 0.5, 1: 0.25 |" in text  # 2·(½)³ for b10 = 3
 
