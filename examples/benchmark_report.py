@@ -247,7 +247,7 @@ def _cell(stats: Optional[Mapping[str, Any]], seeds: int) -> str:
     """``mean ± sd``, with the number of seeds if fewer than the row's (a run not evaluated)."""
     if stats is None:
         return "—"
-    sd = "" if stats["sd"] is None else f" ± {stats['sd']:.2f}"
+    sd = "" if stats["sd"] is None else f"\u202f±\u202f{stats['sd']:.2f}"  # unbroken in a cell
     fewer = "" if stats["n_seeds"] == seeds else f" ({stats['n_seeds']} of {seeds} seeds)"
     return f"{stats['mean']:.2f}{sd}{fewer}"
 
@@ -333,7 +333,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             cells = []
             for key in ("apgd", "aa", "gap"):
                 centre, sd = _spread([g[key] for g in by_seed.values()])
-                cells.append(f"{centre:.2f}" + ("" if sd is None else f" ± {sd:.2f}"))
+                cells.append(f"{centre:.2f}" + ("" if sd is None else f"\u202f±\u202f{sd:.2f}"))
             lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(cells) + " |")
     missing = [
         f"- {label} seed {seed}: {'; '.join(what)}"
@@ -346,6 +346,9 @@ def markdown(report: Mapping[str, Any]) -> str:
         "",
         "### Claims: method − baseline in percentage points, 95 % interval",
         "",
+        "Each claim under the metrics it states a direction for (the others are in the JSON and, "
+        "grey, in the claims figure).",
+        "",
         "| claim | comparison | metric | claimed | mean | 95 % interval | over | verdict "
         "| McNemar p per seed |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -353,12 +356,12 @@ def markdown(report: Mapping[str, Any]) -> str:
     for claim_id, by_metric in claims.items():
         for metric in JUDGED:
             c = by_metric.get(metric)
-            if c is None:
+            if c is None or c["direction"] is None:
                 continue
-            claimed = {1: "gain", -1: "loss", None: "—"}[c["direction"]]
-            interval = "—" if c["ci95"] is None else f"[{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
-            mean = "—" if c["mean"] is None else f"{c['mean']:+.2f}"
-            over = {"seeds": f"{c['n_seeds']} seeds (t)", "images": "1 seed: images (bootstrap)"}
+            claimed = {1: "gain", -1: "loss"}[c["direction"]]
+            interval = "—" if c["ci95"] is None else _interval(*c["ci95"])
+            mean = "—" if c["mean"] is None else _signed(c["mean"])
+            over = {"seeds": f"{c['n_seeds']} seeds (t)", "images": "images (1 seed)"}
             p = ", ".join(f"{k}: {s['mcnemar_p']:.3g}" for k, s in c["seeds"].items()) or "—"
             lines.append(
                 f"| {claim_id} | {c['method']} − {c['baseline']} | {TITLES.get(metric, metric)} | "
@@ -366,6 +369,16 @@ def markdown(report: Mapping[str, Any]) -> str:
                 f"{c['verdict'] or '—'} | {p} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _signed(points: float) -> str:
+    """``+0.12`` or ``−0.62``: a difference with its sign, the minus typeset."""
+    return f"{points:+.2f}".replace("-", "−")
+
+
+def _interval(lo: float, hi: float) -> str:
+    """``[−1.36, +0.12]``, unbroken (a no-break space), so a table cell does not wrap it."""
+    return f"[{_signed(lo)},\u00a0{_signed(hi)}]"
 
 
 def plot_rows(rows: Mapping[str, Mapping[str, Any]], path: Path) -> Optional[Path]:

@@ -200,14 +200,18 @@ def test_tables_show_rows_claims_sampling_error_and_what_is_missing(benchmark):
     out, runs = benchmark
     benchmark_report.write_report(SPEC, out, runs)
     text = (out / "mnist-benchmark-tables.md").read_text()
-    assert "| AT | 2 | 85.00 ± 7.07 | 45.00 ± 7.07 |" in text
+    assert "| AT | 2 | 85.00\u202f±\u202f7.07 | 45.00\u202f±\u202f7.07 |" in text  # unbroken
     assert "| MART | 0 | — |" in text
     assert "PGD-40 ±15.73 (n = 10)" in text  # √(.45·.55/10), AT the largest
     assert "- MART seed 0: pass 'full': no eval-last-full.json" in text
     assert "| GAIRAT | 0 | 0.2 | 5 | 1.5 | 30.8 |" in text  # the weights, ESS 100/3.25 %
-    assert "| AT | 2 | 37.50 ± 17.68 | 37.50 ± 17.68 | 0.00 ± 0.00 |" in text  # robust to both
+    assert (
+        "| AT | 2 | 37.50\u202f±\u202f17.68 | 37.50\u202f±\u202f17.68 | 0.00\u202f±\u202f0.00 |"
+        in text
+    )
     assert "| GAIRAT | 1 | 25.00 | 25.00 | 0.00 |" in text  # seed 1 lacks APGD-T
-    assert "| C1 | GAIRAT − AT | PGD-40 | gain | +25.00 |" in text
+    assert "| C1 | GAIRAT − AT | PGD-40 | gain | +25.00 | [−38.53,\u00a0+88.53] |" in text
+    assert "| C2 | GAIRAT − AT | PGD-40 |" not in text  # C2 states no direction under PGD-40
     assert "2 seeds (t) | not shown | 0: 0.5, 1: 0.25 |" in text  # 2·(½)³ for b10 = 3
 
 
