@@ -21,9 +21,10 @@ def _attack(eps=0.3, step_size=0.04, steps=10):
 
 
 def _oracle(eps, step_size, ramp_epochs, t):
-    """The ramp as written: ε·min(1, t/T), α·ε(t)/ε; at ε(t) = 0 the final α (irrelevant there)."""
+    """The ramp as written: ε·min(1, t/T), α·ε(t)/ε; where that α is 0 (at ε(t) = 0, or a product
+    that underflows) the final α, which the projection onto the ε(t)-ball bounds anyway."""
     fraction = 1.0 if ramp_epochs == 0 else min(1.0, t / ramp_epochs)
-    return eps * fraction, (step_size * fraction if fraction > 0 else step_size)
+    return eps * fraction, (step_size * fraction if step_size * fraction > 0 else step_size)
 
 
 @given(
@@ -40,6 +41,13 @@ def test_ramp_matches_the_formula(eps, step_size, ramp_epochs, t):
     assert attack.eps == pytest.approx(want_eps, rel=1e-12, abs=0.0)
     assert attack.step_size == pytest.approx(want_step, rel=1e-12, abs=0.0)
     assert attack.step_size > 0 and 0 <= attack.eps <= eps
+
+
+def test_a_step_that_underflows_falls_back_to_the_final_step():
+    attack = _attack()
+    ramp = ir.EpsilonScheduler(attack, ramp_epochs=50.0, eps=1.0, step_size=1e-4)
+    ramp.step(1e-320)  # ε(t) = 2e-322 > 0, α·2e-322 underflows to 0
+    assert attack.eps > 0 and attack.step_size == 1e-4
 
 
 def test_per_batch_ramp_grows_every_batch_and_ends_at_the_target():

@@ -177,7 +177,8 @@ class EpsilonScheduler:
     with :math:`t` the (fractional, 0-based) epoch and :math:`T` = ``ramp_epochs``: the ratio α/ε is
     kept, so every PGD iterate of the ramp can still reach the boundary of the smaller ball. This is the
     usual remedy for MNIST's chance plateau at ε = 0.3 (and the ε schedule of certified training, Gowal
-    et al. 2019). At ε(t) = 0 every iterate is x itself, whatever α; α is then left at its final value.
+    et al. 2019). At ε(t) = 0 every iterate is x itself, whatever α; α is then left at its final value
+    (so is it where α·ε(t)/ε underflows to 0: the projection onto the ε(t)-ball bounds every step).
     ``ramp_epochs=0`` keeps ε and α at their final values from the start.
 
     Call ``step(epoch + i / len(loader))`` before batch ``i`` for a per-batch ramp, or ``step(epoch)``
@@ -256,8 +257,11 @@ class EpsilonScheduler:
     def _apply(self) -> None:
         fraction = self.fraction
         self.attack.eps = self.eps * fraction
-        # At ε(t) = 0 every iterate is x: α is irrelevant, and the attack needs it > 0.
-        self.attack.step_size = self.step_size * fraction if fraction > 0 else self.step_size
+        # The attack needs α > 0. Where α·ε(t)/ε is 0 — at ε(t) = 0, or a product below the
+        # smallest float on the ramp's first instant — the final α: the projection onto the
+        # ε(t)-ball bounds every step anyway (at ε(t) = 0 every iterate is x).
+        step_size = self.step_size * fraction
+        self.attack.step_size = step_size if step_size > 0 else self.step_size
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain values only (loads under ``torch.load(weights_only=True)``)."""
