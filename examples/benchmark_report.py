@@ -247,9 +247,14 @@ def _cell(stats: Optional[Mapping[str, Any]], seeds: int) -> str:
     """``mean ± sd``, with the number of seeds if fewer than the row's (a run not evaluated)."""
     if stats is None:
         return "—"
-    sd = "" if stats["sd"] is None else f"\u202f±\u202f{stats['sd']:.2f}"  # unbroken in a cell
     fewer = "" if stats["n_seeds"] == seeds else f" ({stats['n_seeds']} of {seeds} seeds)"
-    return f"{stats['mean']:.2f}{sd}{fewer}"
+    return _mean_sd(stats["mean"], stats["sd"]) + fewer
+
+
+def _mean_sd(mean: float, sd: Optional[float]) -> str:
+    """``98.75 ± 0.08``, unbroken (narrow no-break spaces) so a table cell does not wrap it; the
+    mean alone without an sd."""
+    return f"{mean:.2f}" + ("" if sd is None else f"\u202f±\u202f{sd:.2f}")
 
 
 def compute(
@@ -330,10 +335,8 @@ def markdown(report: Mapping[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for label, by_seed in gaps:
-            cells = []
-            for key in ("apgd", "aa", "gap"):
-                centre, sd = _spread([g[key] for g in by_seed.values()])
-                cells.append(f"{centre:.2f}" + ("" if sd is None else f"\u202f±\u202f{sd:.2f}"))
+            keys = ("apgd", "aa", "gap")  # the columns
+            cells = [_mean_sd(*_spread([g[k] for g in by_seed.values()])) for k in keys]
             lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(cells) + " |")
     missing = [
         f"- {label} seed {seed}: {'; '.join(what)}"
